@@ -1,0 +1,306 @@
+"""The thin layer between Weft and SimpleBroker.
+
+Everything Weft stores goes through ``Broker``: it owns this process's persistent queue
+handles (one per queue name, all built from the project's one resolved config and target)
+and names the few operations the engine needs. A ``Broker`` belongs to one process; a forked
+child that touches it gets fresh handles instead of the parent's connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from weft.errors import UsageError, WeftError
+
+if TYPE_CHECKING:
+    from simplebroker import Queue
+    from simplebroker._backend_plugins import ActivityWaiter, BrokerConnection
+
+    from weft.context import WeftContext
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    body: str
+
+
+def _queue_error(exc: Exception) -> WeftError:
+    from simplebroker._exceptions import MessageError, QueueNameError
+
+    text = str(exc).strip() or exc.__class__.__name__
+    if isinstance(exc, QueueNameError):
+        return UsageError(text)
+    if isinstance(exc, MessageError):
+        return UsageError(text)
+    return WeftError(f"broker error: {text}")
+
+
+class Broker:
+    """Process-local access to a project's queues."""
+
+    def __init__(self, ctx: WeftContext, *, persistent: bool = True) -> None:
+        self.ctx = ctx
+        self._persistent = persistent
+        self._queues: dict[str, Queue] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    # -- handles -------------------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue:
+        if self._pid != os.getpid():
+            # Handles opened before a fork must not be used (or closed) in the child.
+            self._queues = {}
+            self._pid = os.getpid()
+        handle = self._queues.get(name)
+        if handle is None:
+            from simplebroker import Queue
+
+            try:
+                handle = Queue(
+                    name,
+                    db_path=self.ctx.broker_target,
+                    persistent=self._persistent,
+                    config=self.ctx.broker_config,
+                )
+            except Exception as exc:
+                raise _queue_error(exc) from exc
+            with self._lock:
+                self._queues[name] = handle
+        return handle
+
+    def forget(self, name: str) -> None:
+        """Drop the cached handle of a queue that will not be used again (e.g. a finished task's)."""
+        with self._lock:
+            handle = self._queues.pop(name, None)
+        if handle is not None and self._pid == os.getpid():
+            handle.close()
+
+    def close(self) -> None:
+        with self._lock:
+            handles, self._queues = list(self._queues.values()), {}
+        if self._pid != os.getpid():
+            return
+        for handle in handles:
+            try:
+                handle.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[BrokerConnection]:
+        """A raw broker connection for whole-database operations (list, aliases, dump)."""
+        from weft.queues import TASKS_LOG
+
+        with self.queue(TASKS_LOG).get_connection() as conn:
+            yield conn
+
+    def ensure_created(self) -> None:
+        with self.connection() as conn:
+            conn.get_meta()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def write(self, name: str, body: str) -> int:
+        try:
+            return int(self.queue(name).write(body))
+        except WeftError:
+            raise
+        except Exception as exc:
+            raise _queue_error(exc) from exc
+
+    def read_one(self, name: str, *, message_id: int | None = None) -> Message | None:
+        q = self.queue(name)
+        if message_id is None:
+            got = q.read_one(with_timestamps=True)
+        else:
+            got = q.read_one(exact_timestamp=message_id, with_timestamps=True)
+        return None if got is None else Message(int(got[1]), got[0])
+
+    def read_many(self, name: str, limit: int) -> list[Message]:
+        got = self.queue(name).read_many(limit, with_timestamps=True)
+        return [Message(int(ts), body) for body, ts in got]
+
+    def peek_one(self, name: str, *, message_id: int | None = None) -> Message | None:
+        q = self.queue(name)
+        if message_id is None:
+            got = q.peek_one(with_timestamps=True)
+        else:
+            got = q.peek_one(exact_timestamp=message_id, with_timestamps=True)
+        return None if got is None else Message(int(got[1]), got[0])
+
+    def peek_many(self, name: str, limit: int, *, after: int | None = None) -> list[Message]:
+        got = self.queue(name).peek_many(limit, with_timestamps=True, after_timestamp=after)
+        return [Message(int(ts), body) for body, ts in got]
+
+    def peek_all(self, name: str, *, after: int | None = None) -> Iterator[Message]:
+        gen = self.queue(name).peek_generator(with_timestamps=True, after_timestamp=after)
+        try:
+            for body, ts in gen:
+                yield Message(int(ts), body)
+        finally:
+            gen.close()
+
+    def move_one(
+        self, source: str, dest: str, *, message_id: int | None = None
+    ) -> Message | None:
+        q = self.queue(source)
+        if message_id is None:
+            got = q.move_one(dest, with_timestamps=True)
+        else:
+            got = q.move_one(dest, exact_timestamp=message_id, with_timestamps=True)
+        return None if got is None else Message(int(got[1]), got[0])
+
+    def move_all(self, source: str, dest: str) -> int:
+        moved = 0
+        while True:
+            batch = self.queue(source).move_many(dest, 1000, with_timestamps=True)
+            moved += len(batch)
+            if len(batch) < 1000:
+                return moved
+
+    def delete(self, name: str, message_id: int) -> bool:
+        return bool(self.queue(name).delete(message_id=message_id))
+
+    def delete_queue(self, name: str) -> bool:
+        return bool(self.queue(name).delete())
+
+    def has_messages(self, name: str) -> bool:
+        return bool(self.queue(name).has_pending())
+
+    def find_ids(self, name: str, contains: str, *, limit: int = 100) -> list[int]:
+        return [int(i) for i in self.queue(name).find_message_ids(body_contains=contains, limit=limit)]
+
+    # -- whole database ------------------------------------------------------------------
+
+    def list_queues(self, pattern: str | None = None) -> list[tuple[str, int]]:
+        """Queues with pending messages, as (name, pending count), sorted by name."""
+        with self.connection() as conn:
+            stats = conn.list_queue_stats(pattern=pattern) if pattern else conn.list_queue_stats()
+        return [(stat.queue, stat.pending) for stat in stats if stat.pending]
+
+    def broadcast(self, body: str, pattern: str | None = None) -> int:
+        with self.connection() as conn:
+            return int(conn.broadcast(body, pattern=pattern))
+
+    def aliases(self) -> list[tuple[str, str]]:
+        with self.connection() as conn:
+            return [(str(a), str(t)) for a, t in conn.list_aliases()]
+
+    def add_alias(self, alias: str, target: str) -> None:
+        with self.connection() as conn:
+            conn.add_alias(alias, target)
+
+    def remove_alias(self, alias: str) -> bool:
+        with self.connection() as conn:
+            if not conn.has_alias(alias):
+                return False
+            conn.remove_alias(alias)
+            return True
+
+    def resolve_alias(self, name: str) -> str:
+        """``@alias`` names a queue through an alias; anything else is a queue name."""
+        if not name.startswith("@"):
+            return name
+        with self.connection() as conn:
+            target = conn.resolve_alias(name[1:])
+        if target is None:
+            from weft.errors import NotFoundError
+
+            raise NotFoundError(f"no alias named {name[1:]!r} (see 'weft queue alias list')")
+        return str(target)
+
+    def dump(self) -> Iterator[str]:
+        from simplebroker import dump_lines
+
+        with self.connection() as conn:
+            yield from dump_lines(conn)
+
+    def load(self, lines: Iterable[str]) -> Any:
+        from simplebroker import load_lines
+
+        with self.connection() as conn:
+            return load_lines(conn, lines, config=self.ctx.broker_config)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def waiter(self, names: Sequence[str]) -> Activity:
+        return Activity(self, names)
+
+
+class Activity:
+    """Wakes a waiting loop when the database changes, without a sleep loop.
+
+    PostgreSQL gives a native waiter (LISTEN/NOTIFY). SQLite has none, so we watch
+    ``PRAGMA data_version``, which changes whenever another connection commits: checking
+    it is a cheap read, so we check often right after activity and back off when idle.
+    """
+
+    MIN_INTERVAL = 0.001
+    MAX_INTERVAL = float(os.environ.get("WEFT_POLL_MAX_INTERVAL", "0.05"))
+
+    def __init__(self, broker: Broker, names: Sequence[str]) -> None:
+        self._broker = broker
+        self._names = list(names)
+        self._stop = threading.Event()
+        self._native: ActivityWaiter | None = None
+        self._probe = broker.queue(self._names[0])
+        if broker.ctx.backend != "sqlite":
+            from simplebroker import create_activity_waiter_for_queues
+
+            handles = [broker.queue(n) for n in self._names]
+            self._native = create_activity_waiter_for_queues(handles, stop_event=self._stop)
+        self._version = self._data_version()
+        self._interval = self.MIN_INTERVAL
+
+    def _data_version(self) -> int | None:
+        try:
+            return self._probe.get_data_version()
+        except Exception:
+            return None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something changed (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._native is not None:
+            return bool(self._native.wait(max(0.0, timeout)))
+        while True:
+            version = self._data_version()
+            if version != self._version:
+                self._version = version
+                self._interval = self.MIN_INTERVAL
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                return False
+            self._stop.wait(min(self._interval, remaining))
+            self._interval = min(self._interval * 2, self.MAX_INTERVAL)
+
+    def poke(self) -> None:
+        """Make the next wait return at once (used on shutdown)."""
+        self._version = None
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._native is not None:
+            self._native.close()

@@ -1,0 +1,115 @@
+"""``weft init``, ``weft dump`` and ``weft load``: creating a project and moving its data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from weft.cli import common
+from weft.cli.common import handle_errors
+from weft.errors import WeftError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("dump")(dump)
+    app.command("load")(load)
+
+
+def _shown(weft_dir: Path) -> str:
+    """``.weft/`` when it is right here, else its full path."""
+    try:
+        rel = weft_dir.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return f"{weft_dir}/"
+    return f"{rel}/"
+
+
+@handle_errors
+def init(
+    autostart: bool = typer.Option(
+        True,
+        "--autostart/--no-autostart",
+        help="Create .weft/autostart/ for task templates the manager launches on start.",
+    ),
+) -> None:
+    """Create a weft project (.weft/) here, or in --context DIR.
+
+    Safe to run again: an existing project keeps everything it holds. Inside an existing
+    project (a .weft/ above), nothing is created.
+    """
+    from weft.context import WEFT_DIR, _explicit_root, find_root, init_project
+
+    target = _explicit_root(common._state["context"]) or Path.cwd().resolve()
+    existing = find_root(target)
+    if existing is not None and existing != target:
+        print(
+            f"Already inside the weft project at {_shown(existing / WEFT_DIR)}; nothing created "
+            "(use --context DIR to name another directory)"
+        )
+        return
+    ctx, created = init_project(target, autostart=autostart)
+    where = _shown(ctx.weft_dir)
+    if created:
+        print(f"Initialized weft in {where}")
+    else:
+        print(f"Weft is already initialized in {where}; nothing was changed or lost")
+
+
+@handle_errors
+def dump(
+    output_file: str | None = typer.Option(
+        None, "--output", "-o", metavar="FILE", help="Write here instead of stdout."
+    ),
+) -> None:
+    """Write the whole database (queues, messages with their IDs, aliases) as JSON lines.
+
+    Restore it with 'weft load'. Example: weft dump -o backup.jsonl
+    """
+    output = None if output_file is None else Path(output_file)
+    with common.client(create=False) as c:
+        lines = c.queue.dump()
+        if output is None:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return
+        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("w", encoding="utf-8") as fh:
+                for line in lines:
+                    fh.write(line + "\n")
+            tmp.replace(output)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise WeftError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+@handle_errors
+def load(
+    input_file: str | None = typer.Option(
+        None, "--input", "-i", metavar="FILE", help="Read from here instead of stdin."
+    ),
+) -> None:
+    """Load a 'weft dump' into this project, keeping every message ID.
+
+    Meant for a fresh project. Every line is checked first: a bad one is reported with its
+    line number and nothing is loaded. Example: weft load -i backup.jsonl
+    """
+    with common.client() as c:
+        if input_file is None:
+            messages, aliases = c.queue.load(sys.stdin)
+        else:
+            try:
+                fh = open(input_file, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+            except OSError as exc:
+                raise WeftError(f"cannot read {input_file}: {exc.strerror or exc}") from None
+            with fh:
+                messages, aliases = c.queue.load(fh)
+    print(
+        f"Loaded {messages} message{'' if messages == 1 else 's'} "
+        f"and {aliases} alias{'' if aliases == 1 else 'es'}"
+    )

@@ -1,0 +1,65 @@
+"""Entry point: the top-level Typer app and its command groups.
+
+Each command group lives in its own module and imports heavy dependencies inside its
+command functions, so ``weft --help`` and queue commands stay fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from weft import __version__
+from weft.cli import common
+
+app = typer.Typer(
+    name="weft",
+    help=(
+        "Durable task runner: run commands and Python functions in isolated processes, "
+        "with results, logs and messages kept in durable queues under .weft/."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"weft {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    context: str | None = typer.Option(
+        None,
+        "--context",
+        "-C",
+        help="Project directory (holding .weft/). Default: search upward from here; env WEFT_CONTEXT.",
+        metavar="DIR",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    common.set_context_option(context)
+
+
+def _register() -> None:
+    from weft.cli import init_cmd, queue_cmd, task_cmds
+
+    init_cmd.register(app)
+    task_cmds.register(app)
+    queue_cmd.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

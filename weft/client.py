@@ -1,0 +1,371 @@
+"""WeftClient: the one API. The CLI, the MCP server and user code all drive Weft through it.
+
+Everything here is a short sequence of broker operations; the engine's moving parts (the
+manager, the task processes) only ever meet the client through queues.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from weft import events, queues, registry, results
+from weft.broker import Broker
+from weft.context import WeftContext, load_context
+from weft.errors import NotFoundError, UsageError, WaitTimeout, WeftError
+from weft.tid import is_full, short
+
+if TYPE_CHECKING:
+    from weft.queue_api import QueueAPI
+    from weft.taskspec import TaskSpec
+
+MANAGER_CHECK_SECONDS = 2.0  # while waiting on a pending task, how often to make sure a manager runs
+
+
+class WeftClient:
+    """A handle on one project. Cheap to create; close it (or use ``with``) when done."""
+
+    def __init__(self, ctx: WeftContext) -> None:
+        self.ctx = ctx
+        self.broker = Broker(ctx)
+        self._fresh: set[str] = set()  # TIDs this client submitted: no history to look up
+
+    @classmethod
+    def open(cls, context: str | Path | None = None, *, create: bool = True) -> WeftClient:
+        """The project at ``context``, else the nearest ``.weft/`` above the working directory."""
+        return cls(load_context(context, create=create))
+
+    @cached_property
+    def queue(self) -> QueueAPI:
+        """Direct queue access: write, read, peek, move, list, watch, broadcast, aliases."""
+        from weft.queue_api import QueueAPI
+
+        return QueueAPI(self.broker)
+
+    def close(self) -> None:
+        self.broker.close()
+
+    def __enter__(self) -> WeftClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- submitting --------------------------------------------------------------------
+
+    def submit(
+        self, spec: TaskSpec | dict[str, Any] | str, *, ensure_manager: bool = True,
+        manager_env: dict[str, str] | None = None,
+    ) -> str:
+        """Queue a task; returns its TID. Starts a manager if none runs on this host."""
+        from weft.taskspec import TaskSpec, parse_taskspec
+
+        task = spec if isinstance(spec, TaskSpec) else parse_taskspec(spec)
+        body = task.model_dump_json(exclude={"state", "tid"})
+        tid = str(self.broker.write(queues.SPAWN_REQUESTS, body))
+        self._fresh.add(tid)
+        if ensure_manager:
+            self.ensure_manager(env=manager_env)
+        return tid
+
+    def run(self, command: Sequence[str] | str, **options: Any) -> str:
+        """Submit a command (argv list, or a string split like a shell would); returns the TID."""
+        from weft.taskspec import build_spec
+
+        argv = command.split() if isinstance(command, str) else list(command)
+        return self.submit(build_spec(command=argv, **options))
+
+    def run_function(
+        self, target: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> str:
+        """Submit ``module:function`` with arguments; returns the TID."""
+        from weft.taskspec import build_spec
+
+        return self.submit(
+            build_spec(function=target, args=list(args), kwargs=kwargs or {}, **options)
+        )
+
+    def ensure_manager(self, env: dict[str, str] | None = None) -> int | None:
+        """Start a manager on this host unless one is alive. Returns its PID if started."""
+        if registry.local_manager(self.broker) is not None:
+            return None
+        from weft.manager import spawn_manager
+
+        return spawn_manager(self.ctx, env=env)
+
+    # -- TIDs --------------------------------------------------------------------------
+
+    def _pending_requests(self) -> dict[str, dict[str, Any]]:
+        """Spawn requests not yet started (waiting or claimed), by TID."""
+        found: dict[str, dict[str, Any]] = {}
+        names = [queues.SPAWN_REQUESTS] + [
+            n for n, _ in self.broker.list_queues(pattern=queues.spawn_claims("*"))
+        ]
+        for name in names:
+            for message in self.broker.peek_many(name, 10_000):
+                try:
+                    found[str(message.id)] = json.loads(message.body)
+                except json.JSONDecodeError:
+                    found[str(message.id)] = {}
+        return found
+
+    def resolve_tid(self, text: str | int) -> str:
+        """A full TID from a full TID, a short TID or a unique suffix of 6+ digits."""
+        from weft import tid as tids
+
+        text = tids.check_partial(str(text))
+        if is_full(text) and (text in self._fresh or self._exists(text)):
+            return text
+        candidates = events.tids_matching(self.broker, text)
+        candidates |= {t for t in self._pending_requests() if t.endswith(text)}
+        if is_full(text) and self.broker.has_messages(queues.outbox(text)):
+            candidates.add(text)
+        return tids.resolve(text, candidates)
+
+    def _exists(self, tid: str) -> bool:
+        if self.broker.has_messages(queues.outbox(tid)):
+            return True
+        if self.broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1):
+            return True
+        return tid in self._pending_requests()
+
+    # -- results -----------------------------------------------------------------------
+
+    def _find_result(self, tid: str) -> results.Message | None:
+        for message in self.broker.peek_all(queues.outbox(tid)):
+            decoded = results.decode(message.body)
+            if decoded.get("type") == results.RESULT:
+                return results.Message(message.id, decoded)
+        return None
+
+    def _deliver(self, tid: str, found: results.Message, *, peek: bool) -> dict[str, Any]:
+        result = results.public(found.data)
+        for key, field in (("output_ref", "output"), ("stderr_ref", "stderr")):
+            ref = result.get(key)
+            if ref:
+                try:
+                    result[field] = Path(ref).read_bytes().decode("utf-8", errors="replace")
+                except FileNotFoundError:
+                    raise WeftError(f"the spilled output of {tid} is missing: {ref}") from None
+        if not peek:
+            self.broker.delete_queue(queues.outbox(tid))
+            for key in ("output_ref", "stderr_ref"):
+                if result.get(key):
+                    Path(result[key]).unlink(missing_ok=True)
+                    result.pop(key)
+        return result
+
+    def result(self, tid: str, *, timeout: float | None = None, peek: bool = False) -> dict[str, Any]:
+        """Wait up to ``timeout`` seconds (None: forever) for a task's result and return it.
+
+        Reading consumes the result unless ``peek``. Raises ``WaitTimeout`` (exit 124) when
+        the task is still running at the deadline, ``NotFoundError`` (exit 2) for an unknown
+        TID or a result that was already read.
+        """
+        tid = self.resolve_tid(tid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self.broker.waiter([queues.outbox(tid)])
+        checked_history = tid in self._fresh
+        next_manager_check = time.monotonic() + MANAGER_CHECK_SECONDS
+        try:
+            while True:
+                found = self._find_result(tid)
+                if found is not None:
+                    return self._deliver(tid, found, peek=peek)
+                if not checked_history:
+                    checked_history = True
+                    self._fail_if_consumed(tid)
+                now = time.monotonic()
+                if now >= next_manager_check:
+                    next_manager_check = now + MANAGER_CHECK_SECONDS
+                    if tid in self._pending_requests():
+                        self.ensure_manager()
+                if deadline is not None and now >= deadline:
+                    record = self.task(tid)
+                    raise WaitTimeout(
+                        f"task {short(tid)} is still {record.status} after {timeout:g}s "
+                        f"(try again: weft result {short(tid)})"
+                    )
+                wait = 1.0 if deadline is None else min(1.0, deadline - now)
+                waiter.wait(max(0.0, wait))
+        finally:
+            waiter.close()
+
+    def _fail_if_consumed(self, tid: str) -> None:
+        history = events.events_for(self.broker, tid)
+        if history and history[-1].get("status") in events.FINAL_STATUSES:
+            last = history[-1]
+            raise NotFoundError(
+                f"the result of task {short(tid)} was already read (status {last.get('status')}, "
+                f"return code {last.get('return_code')}); results are read once, use --peek "
+                "to read without consuming"
+            )
+
+    def all_results(self, *, peek: bool = False) -> list[dict[str, Any]]:
+        """Every result waiting in an outbox, oldest task first."""
+        out = []
+        for name, _ in self.broker.list_queues(pattern="T*.outbox"):
+            tid = name[1:].split(".", 1)[0]
+            found = self._find_result(tid)
+            if found is not None:
+                out.append(self._deliver(tid, found, peek=peek))
+        return out
+
+    def stream(self, tid: str, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield output chunks as they arrive, then the final result (consumed)."""
+        tid = self.resolve_tid(tid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outbox = queues.outbox(tid)
+        waiter = self.broker.waiter([outbox])
+        cursor: int | None = None
+        try:
+            while True:
+                for message in self.broker.peek_many(outbox, 1000, after=cursor):
+                    cursor = message.id
+                    decoded = results.decode(message.body)
+                    if decoded.get("type") == results.RESULT:
+                        yield self._deliver(tid, results.Message(message.id, decoded), peek=False)
+                        return
+                    yield decoded
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"task {short(tid)} still running after {timeout:g}s")
+                waiter.wait(0.5)
+        finally:
+            waiter.close()
+
+    # -- status ------------------------------------------------------------------------
+
+    def task(self, tid: str) -> events.TaskRecord:
+        """What is known about one task (its events folded; pending if not started yet)."""
+        tid = self.resolve_tid(tid)
+        history = events.events_for(self.broker, tid)
+        if history:
+            return events.fold(history)[tid]
+        pending = self._pending_requests().get(tid)
+        if pending is None:
+            raise NotFoundError(f"no task with TID {tid}")
+        return events.fold([events.make_event("pending", tid, events.PENDING, taskspec=pending)])[tid]
+
+    def tasks(self) -> dict[str, events.TaskRecord]:
+        """Every task's record: the log folded, plus requests not started yet."""
+        records = events.fold(event for _, event in events.read_events(self.broker))
+        for tid, spec in self._pending_requests().items():
+            if tid not in records:
+                records[tid] = events.fold(
+                    [events.make_event("pending", tid, events.PENDING, taskspec=spec)]
+                )[tid]
+        return records
+
+    def managers(self) -> list[registry.ManagerEntry]:
+        return registry.live_entries(self.broker)
+
+    def status(self, *, include_finished: bool = False) -> dict[str, Any]:
+        """Managers, task counts by status, and the tasks themselves (active ones by default)."""
+        records = self.tasks()
+        counts: dict[str, int] = {}
+        for record in records.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        shown = [
+            r.to_dict()
+            for r in sorted(records.values(), key=lambda r: r.tid)
+            if include_finished or not r.is_final
+        ]
+        return {
+            "managers": [m.to_dict() for m in self.managers()],
+            "total": len(records),
+            "counts": counts,
+            "tasks": shown,
+        }
+
+    def log(
+        self,
+        *,
+        after: int | None = None,
+        tid: str | None = None,
+        event: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events from the shared task log after a cursor (the ``log_id`` of the last one seen)."""
+        full_tid = self.resolve_tid(tid) if tid else None
+        out: list[dict[str, Any]] = []
+        for message_id, record in events.read_events(self.broker, after=after):
+            if full_tid and record.get("tid") != full_tid:
+                continue
+            if event and record.get("event") != event:
+                continue
+            out.append({"log_id": message_id, **record})
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- control -----------------------------------------------------------------------
+
+    def control(self, tid: str, command: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Send STOP/KILL/PAUSE/RESUME/STATUS/PING to a running task; return its answer."""
+        from weft.task import CONTROL_COMMANDS
+
+        command = command.upper()
+        if command not in CONTROL_COMMANDS:
+            raise UsageError(f"unknown control command {command!r}: use one of {', '.join(CONTROL_COMMANDS)}")
+        tid = self.resolve_tid(tid)
+        record = self.task(tid)
+        if record.is_final:
+            raise NotFoundError(f"task {short(tid)} is not running (status {record.status})")
+        reply_queue = queues.ctrl_out(tid)
+        waiter = self.broker.waiter([reply_queue])
+        start_cursor = None
+        last = self.broker.peek_many(reply_queue, 10_000)
+        if last:
+            start_cursor = last[-1].id
+        self.broker.write(queues.ctrl_in(tid), json.dumps({"command": command}))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                for message in self.broker.peek_many(reply_queue, 100, after=start_cursor):
+                    reply = json.loads(message.body)
+                    if reply.get("command") == command:
+                        self.broker.delete(reply_queue, message.id)
+                        return dict(reply)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"task {short(tid)} did not answer {command} within {timeout:g}s "
+                        f"(status {record.status})"
+                    )
+                waiter.wait(min(remaining, 0.5))
+        finally:
+            waiter.close()
+
+    # -- manager -----------------------------------------------------------------------
+
+    def stop_manager(self, *, timeout: float = 30.0) -> list[int]:
+        """Ask this host's manager to stop (SIGTERM); wait for it, up to ``timeout``."""
+        import os
+        import signal
+
+        stopped = []
+        here = registry.host_name()
+        for entry in registry.entries(self.broker):
+            if entry.host != here:
+                continue
+            if not entry.is_alive():
+                self.broker.delete(queues.WORKERS_REGISTRY, entry.message_id)
+                continue
+            os.kill(entry.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while registry.pid_is_weft(entry.pid, "manager") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if registry.pid_is_weft(entry.pid, "manager"):
+                os.kill(entry.pid, signal.SIGKILL)
+            stopped.append(entry.pid)
+        return stopped

@@ -1,0 +1,211 @@
+"""The project: finding or creating ``.weft/``, its settings, and its broker target.
+
+A project is a directory holding ``.weft/``. Commands find the nearest one searching upward
+from the working directory (like git); ``--context DIR`` or ``WEFT_CONTEXT`` override that.
+Settings come from the environment first, then ``.weft/config.json``, then defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weft.errors import UsageError, WeftError
+
+if TYPE_CHECKING:
+    from simplebroker import BrokerTarget, Config
+
+WEFT_DIR = ".weft"
+CONFIG_FILE = "config.json"
+BROKER_FILE = "broker.db"
+SUBDIRS = ("outputs", "logs")
+AUTOSTART_DIR = "autostart"
+
+ENV_CONTEXT = "WEFT_CONTEXT"
+DEFAULT_IDLE_TIMEOUT = 600.0
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise UsageError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-time knobs, read once per process from the environment."""
+
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    manager_reuse: bool = True
+    autostart: bool = True
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            idle_timeout=_env_float("WEFT_MANAGER_LIFETIME_TIMEOUT", DEFAULT_IDLE_TIMEOUT),
+            manager_reuse=_env_bool("WEFT_MANAGER_REUSE_ENABLED", True),
+            autostart=_env_bool("WEFT_AUTOSTART_TASKS", True),
+        )
+
+
+@dataclass(frozen=True)
+class WeftContext:
+    """One project: where it lives and how to reach its broker."""
+
+    root: Path
+    config: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def weft_dir(self) -> Path:
+        return self.root / WEFT_DIR
+
+    @property
+    def name(self) -> str:
+        """Short project name used in process titles."""
+        return self.root.name or "root"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.weft_dir / "outputs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.weft_dir / "logs"
+
+    @property
+    def autostart_dir(self) -> Path:
+        return self.weft_dir / AUTOSTART_DIR
+
+    @property
+    def backend(self) -> str:
+        return str(self.config.get("backend", "sqlite"))
+
+    @cached_property
+    def broker_config(self) -> Config:
+        """SimpleBroker's resolved config (BROKER_* env applied), shared by every queue handle."""
+        from simplebroker import resolve_config
+
+        return resolve_config(env=os.environ)
+
+    @cached_property
+    def broker_target(self) -> str | BrokerTarget:
+        """The one place that decides which database the project's queues live in."""
+        if self.backend == "sqlite":
+            return str(self.weft_dir / BROKER_FILE)
+        if self.backend == "postgres":
+            from weft.backends import postgres_target
+
+            return postgres_target(self.config)
+        raise WeftError(f"unknown backend {self.backend!r} in {self.weft_dir / CONFIG_FILE}")
+
+    def to_env(self) -> dict[str, str]:
+        """Environment that points a child process at this same project."""
+        return {ENV_CONTEXT: str(self.root)}
+
+
+def _read_config(weft_dir: Path) -> dict[str, Any]:
+    path = weft_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WeftError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise WeftError(f"{path} must hold a JSON object")
+    return data
+
+
+def find_root(start: Path) -> Path | None:
+    """Nearest directory at or above ``start`` that holds ``.weft/``."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / WEFT_DIR).is_dir():
+            return directory
+    return None
+
+
+def _explicit_root(explicit: str | Path | None) -> Path | None:
+    raw = explicit if explicit is not None else os.environ.get(ENV_CONTEXT) or None
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    source = "--context" if explicit is not None else ENV_CONTEXT
+    if not path.is_dir():
+        raise UsageError(f"{source} directory {str(raw)!r} does not exist")
+    path = path.resolve()
+    if path.name == WEFT_DIR:
+        path = path.parent
+    return path
+
+
+def init_project(
+    directory: Path, *, autostart: bool = True, config: dict[str, Any] | None = None
+) -> tuple[WeftContext, bool]:
+    """Create ``.weft/`` in ``directory`` (or complete an existing one). Returns (ctx, created)."""
+    weft_dir = directory / WEFT_DIR
+    created = not weft_dir.exists()
+    weft_dir.mkdir(parents=True, exist_ok=True)
+    for sub in SUBDIRS:
+        (weft_dir / sub).mkdir(exist_ok=True)
+    if autostart:
+        (weft_dir / AUTOSTART_DIR).mkdir(exist_ok=True)
+    config_path = weft_dir / CONFIG_FILE
+    existing = _read_config(weft_dir)
+    if not config_path.exists() or (config and config != existing):
+        merged = {"version": 1, "backend": "sqlite", **existing, **(config or {})}
+        tmp = config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(config_path)
+        existing = merged
+    ctx = WeftContext(root=directory.resolve(), config=existing)
+    from weft.broker import Broker
+
+    with Broker(ctx) as broker:
+        broker.ensure_created()
+    return ctx, created
+
+
+def load_context(explicit: str | Path | None = None, *, create: bool = True) -> WeftContext:
+    """The project for this command: explicit, else discovered upward, else created here.
+
+    Creating one prints a single line on stderr so a user is never surprised by a new ``.weft/``.
+    """
+    root = _explicit_root(explicit)
+    if root is None:
+        root = find_root(Path.cwd())
+    if root is not None and (root / WEFT_DIR).is_dir():
+        return WeftContext(root=root, config=_read_config(root / WEFT_DIR))
+    if not create:
+        where = root if root is not None else Path.cwd()
+        raise UsageError(f"no weft project at or above {where}: run 'weft init' first")
+    target = root if root is not None else Path.cwd().resolve()
+    ctx, _ = init_project(target)
+    print(f"weft: created a new project in {ctx.weft_dir}", file=sys.stderr)
+    return ctx

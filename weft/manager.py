@@ -1,0 +1,391 @@
+"""The manager: claims spawn requests and starts one isolated task process for each.
+
+Life cycle, as states you can read off ``ps`` (``weft-{ctx}-{id}:manager:{state}``):
+starting -> recovering -> idle/busy -> stopping. One manager per project per host, held by a
+file lock; it registers in ``weft.workers.registry`` and exits after its idle timeout.
+
+Task processes come from a multiprocessing fork server started before the manager opens any
+broker connection, with Weft's task module preloaded: a fork costs milliseconds and the
+child inherits nothing of the manager (no connections, no threads, no handles).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from weft import events, queues, registry, results
+from weft.broker import Broker
+from weft.context import Settings, WeftContext, load_context
+
+log = logging.getLogger("weft.manager")
+
+LOCK_FILE = "manager.lock"
+LOG_FILE = "manager.log"
+REAP_INTERVAL = 0.1  # how often to look at task processes while some run
+STOP_GRACE = float(os.environ.get("WEFT_MANAGER_STOP_GRACE", "10"))
+FAULT_ENV = "WEFT_TEST_FAULT"  # test-only fault injection; see docs/reliability.md
+
+
+def _set_title(ctx: WeftContext, manager_id: str, state: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"weft-{ctx.name}-{manager_id[-10:]}:manager:{state}")
+    except Exception:
+        pass
+
+
+class Manager:
+    def __init__(self, ctx: WeftContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.host = registry.host_name()
+        self.broker: Broker | None = None
+        self.mp: BaseContext | None = None
+        self.children: dict[str, BaseProcess] = {}
+        self.adopted: dict[str, int] = {}  # tasks of a previous manager still running: tid -> pid
+        self.entry: registry.ManagerEntry | None = None
+        self.stopping = False
+        self.did_work = False
+        self.last_activity = time.monotonic()
+        self._lock_fd: int | None = None
+        self.known_records: dict[str, events.TaskRecord] = {}
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def acquire_lock(self, wait: float = 10.0) -> bool:
+        """Take the per-host manager lock; give up if another live manager holds it."""
+        path = self.ctx.weft_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return True
+            except BlockingIOError:
+                pass
+            # Someone holds it. If that someone is a registered live manager, we are surplus.
+            with Broker(self.ctx) as probe:
+                if registry.local_manager(probe) is not None:
+                    os.close(fd)
+                    return False
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False
+            time.sleep(delay)  # a predecessor is shutting down; retry its lock shortly
+            delay = min(delay * 2, 0.2)
+
+    def start_fork_server(self) -> None:
+        mp = multiprocessing.get_context("forkserver")
+        mp.set_forkserver_preload(["weft.task", "weft.manager"])  # type: ignore[attr-defined]
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        self.mp = mp
+
+    def register(self) -> None:
+        assert self.broker is not None
+        now = time.time_ns()
+        body = json.dumps({"pending": True, "pid": os.getpid(), "host": self.host})
+        first_id = self.broker.write(queues.WORKERS_REGISTRY, body)
+        self.entry = registry.ManagerEntry(
+            message_id=first_id,
+            manager_id=str(first_id),
+            pid=os.getpid(),
+            host=self.host,
+            started=now,
+            heartbeat=now,
+            idle_timeout=self.settings.idle_timeout,
+            context=str(self.ctx.root),
+        )
+        _set_title(self.ctx, self.entry.manager_id, "starting")
+        self.heartbeat()
+        self.broker.delete(queues.WORKERS_REGISTRY, first_id)
+
+    def heartbeat(self) -> None:
+        assert self.broker is not None and self.entry is not None
+        old = self.entry.message_id
+        self.entry.heartbeat = time.time_ns()
+        self.entry.message_id = self.broker.write(queues.WORKERS_REGISTRY, self.entry.body())
+        if old != self.entry.message_id:
+            self.broker.delete(queues.WORKERS_REGISTRY, old)
+
+    def deregister(self) -> None:
+        if self.broker is not None and self.entry is not None:
+            self.broker.delete(queues.WORKERS_REGISTRY, self.entry.message_id)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Take over from dead managers: give back their claims, settle their lost tasks."""
+        assert self.broker is not None and self.entry is not None
+        live_ids = set()
+        for entry in registry.entries(self.broker):
+            if entry.manager_id == self.entry.manager_id:
+                continue
+            if entry.is_alive():
+                live_ids.add(entry.manager_id)
+                continue
+            self.broker.delete(queues.WORKERS_REGISTRY, entry.message_id)
+            log.info("removed dead manager %s (pid %s on %s)", entry.manager_id, entry.pid, entry.host)
+        for name, _ in self.broker.list_queues(pattern=queues.spawn_claims("*")):
+            owner = name.rsplit(".", 1)[-1]
+            if owner != self.entry.manager_id and owner not in live_ids:
+                moved = self.broker.move_all(name, queues.SPAWN_REQUESTS)
+                log.info("gave back %d claimed request(s) of dead manager %s", moved, owner)
+        live_hosts = {e.host for e in registry.live_entries(self.broker)}
+        records = events.fold(event for _, event in events.read_events(self.broker))
+        self.known_records = records
+        for record in records.values():
+            if record.status not in (events.RUNNING, events.PAUSED):
+                continue
+            if (record.host or self.host) == self.host:
+                if record.task_pid and registry.pid_is_weft(record.task_pid):
+                    self.adopted[record.tid] = record.task_pid
+                else:
+                    settle_lost_task(
+                        self.broker, record.tid, f"task process {record.task_pid} vanished"
+                    )
+            elif record.host not in live_hosts:
+                settle_lost_task(
+                    self.broker, record.tid, f"host {record.host} was lost (no live manager there)"
+                )
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def claim_and_launch(self) -> int:
+        assert self.broker is not None and self.entry is not None and self.mp is not None
+        launched = 0
+        claims = queues.spawn_claims(self.entry.manager_id)
+        while not self.stopping:
+            claimed = self.broker.move_one(queues.SPAWN_REQUESTS, claims)
+            if claimed is None:
+                break
+            if os.environ.get(FAULT_ENV) == "crash_after_claim":
+                os._exit(99)
+            tid = str(claimed.id)
+            proc = self.mp.Process(
+                target=_run_task, args=(str(self.ctx.root), tid, claims), name=f"weft-task-{tid}"
+            )
+            proc.start()
+            self.children[tid] = proc
+            launched += 1
+        if launched:
+            self.did_work = True
+            self.last_activity = time.monotonic()
+        return launched
+
+    def reap(self) -> None:
+        assert self.broker is not None
+        for tid, proc in list(self.children.items()):
+            code = proc.exitcode
+            if code is None:
+                continue
+            del self.children[tid]
+            proc.close()
+            self.last_activity = time.monotonic()
+            if code != 0:
+                from weft.runner import describe_exit
+
+                settle_lost_task(self.broker, tid, f"task process {describe_exit(code)}")
+        for tid, pid in list(self.adopted.items()):
+            if registry.pid_is_weft(pid):
+                continue
+            del self.adopted[tid]
+            self.last_activity = time.monotonic()
+            history = events.events_for(self.broker, tid)
+            if not history or history[-1].get("status") not in events.FINAL_STATUSES:
+                settle_lost_task(self.broker, tid, f"task process {pid} vanished")
+
+    def busy(self) -> bool:
+        return bool(self.children or self.adopted)
+
+    def should_exit(self) -> bool:
+        if self.busy():
+            return False
+        if not self.settings.manager_reuse:
+            return True
+        return time.monotonic() - self.last_activity >= self.settings.idle_timeout
+
+    def run(self) -> int:
+        if not self.acquire_lock():
+            return 0
+        self.start_fork_server()
+        self.broker = Broker(self.ctx)
+        self.register()
+        assert self.entry is not None
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        _set_title(self.ctx, self.entry.manager_id, "recovering")
+        self.recover()
+        if self.settings.autostart:
+            self.launch_autostart()
+        waiter = self.broker.waiter([queues.SPAWN_REQUESTS])
+        next_beat = time.monotonic() + registry.HEARTBEAT_SECONDS
+        state = ""
+        try:
+            while not self.stopping:
+                self.claim_and_launch()
+                self.reap()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.heartbeat()
+                    next_beat = now + registry.HEARTBEAT_SECONDS
+                new_state = "busy" if self.busy() else "idle"
+                if new_state != state:
+                    state = new_state
+                    _set_title(self.ctx, self.entry.manager_id, state)
+                if self.should_exit() and self._exit_safely():
+                    break
+                timeout = next_beat - now
+                if self.busy():
+                    timeout = min(timeout, REAP_INTERVAL)
+                elif self.settings.manager_reuse:
+                    timeout = min(timeout, self.settings.idle_timeout - (now - self.last_activity))
+                waiter.wait(max(0.0, timeout))
+        finally:
+            waiter.close()
+            self.shutdown()
+        return 0
+
+    def _exit_safely(self) -> bool:
+        """Deregister, then look once more: a client that saw us alive may have just submitted."""
+        assert self.broker is not None
+        self.deregister()
+        if self.broker.has_messages(queues.SPAWN_REQUESTS):
+            self.heartbeat()
+            return False
+        self.entry = None
+        return True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        """Stop claiming; give running tasks a grace period, then STOP them."""
+        if self.entry is not None:
+            _set_title(self.ctx, self.entry.manager_id, "stopping")
+        assert self.broker is not None
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(REAP_INTERVAL)
+        for tid in self.children:
+            self.broker.write(queues.ctrl_in(tid), json.dumps({"command": "STOP"}))
+        deadline = time.monotonic() + 5
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(REAP_INTERVAL)
+        for proc in self.children.values():
+            proc.kill()
+        if self.entry is not None:
+            self.deregister()
+            self.broker.move_all(queues.spawn_claims(self.entry.manager_id), queues.SPAWN_REQUESTS)
+        self.broker.close()
+
+    # -- autostart ---------------------------------------------------------------------
+
+    def launch_autostart(self) -> None:
+        """Submit each ``.weft/autostart/*.json`` template unless a copy already runs."""
+        from weft.autostart import launch_templates
+
+        assert self.broker is not None
+        launch_templates(self.ctx, self.broker, self.known_records)
+
+
+def _run_task(root: str, tid: str, claims: str) -> None:
+    """Runs in the forked task process (the fork server has ``weft.task`` preloaded)."""
+    from weft.task import task_main
+
+    task_main(root, tid, claims)
+
+
+def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
+    """Record a task whose process died without finishing: failed event, result, policy."""
+    from weft.reserved import apply_reserved_policy
+
+    claim_names = [name for name, _ in broker.list_queues(pattern=queues.spawn_claims("*"))]
+    for name in claim_names:  # died before it could reserve its request
+        broker.move_one(name, queues.reserved(tid), message_id=int(tid))
+    spec: dict[str, Any] | None = None
+    reserved = broker.peek_one(queues.reserved(tid), message_id=int(tid))
+    if reserved is not None:
+        try:
+            spec = json.loads(reserved.body)
+        except json.JSONDecodeError:
+            spec = None
+    policy = str(((spec or {}).get("spec") or {}).get("reserved_policy") or "keep")
+    requeue = policy == "requeue"
+    if not requeue:
+        broker.write(
+            queues.outbox(tid),
+            results.encode(results.make_result(tid, events.FAILED, return_code=1, output="", error=reason)),
+        )
+    events.log_event(
+        broker,
+        events.make_event(
+            events.WORK_FAILED,
+            tid,
+            events.FAILED,
+            taskspec=spec,
+            return_code=1,
+            error=reason,
+            host=registry.host_name(),
+            requeued=requeue or None,
+        ),
+    )
+    apply_reserved_policy(broker, tid, policy, success=False)
+
+
+def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> int:
+    """Start a manager detached in its own session; its output goes to ``.weft/logs/``."""
+    ctx.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = ctx.logs_dir / LOG_FILE
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            # -c, not -m: the fork server would otherwise re-import this module as __main__.
+            [sys.executable, "-c", "import weft.manager as m; m.entry()", str(ctx.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=str(ctx.root),
+            env={**os.environ, **ctx.to_env(), **(env or {})},
+        )
+    return proc.pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0]) if args else None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(message)s"
+    )
+    ctx = load_context(root, create=False)
+    return Manager(ctx, Settings.from_env()).run()
+
+
+def entry() -> None:
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip multiprocessing's exit handler, which would join task processes
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,131 @@
+"""Manager liveness in ``weft.workers.registry``: one message per live manager.
+
+A manager registers with its PID and host, refreshes a heartbeat, and deregisters on exit.
+Anyone can tell whether a registered manager is alive: on this host by looking at the
+process itself (its title starts with ``weft-``), elsewhere by the heartbeat's age.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from weft import queues
+
+if TYPE_CHECKING:
+    from weft.broker import Broker
+
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER = 4 * HEARTBEAT_SECONDS
+
+
+def host_name() -> str:
+    """This host's name as Weft records it (``WEFT_HOST`` overrides, e.g. in tests)."""
+    return os.environ.get("WEFT_HOST") or socket.gethostname()
+
+
+def pid_is_weft(pid: int, role: str = "") -> bool:
+    """Whether ``pid`` is alive here and is a Weft process (not a recycled PID).
+
+    Weft processes carry titles ``weft-{context}-{short_tid}:{name}:{status}``; ``role``
+    narrows the check to one name (e.g. ``manager``).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    if not cmdline:  # a zombie: exited, not yet reaped
+        return False
+    if not cmdline.startswith(b"weft-"):
+        return False
+    return not role or f":{role}:".encode() in cmdline
+
+
+@dataclass
+class ManagerEntry:
+    message_id: int
+    manager_id: str
+    pid: int
+    host: str
+    started: int
+    heartbeat: int
+    idle_timeout: float
+    context: str
+
+    @classmethod
+    def parse(cls, message_id: int, body: str) -> ManagerEntry | None:
+        try:
+            data = json.loads(body)
+            return cls(
+                message_id=message_id,
+                manager_id=str(data["manager_id"]),
+                pid=int(data["pid"]),
+                host=str(data["host"]),
+                started=int(data["started"]),
+                heartbeat=int(data["heartbeat"]),
+                idle_timeout=float(data.get("idle_timeout", 0)),
+                context=str(data.get("context", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def body(self) -> str:
+        data: dict[str, Any] = {
+            "manager_id": self.manager_id,
+            "pid": self.pid,
+            "host": self.host,
+            "started": self.started,
+            "heartbeat": self.heartbeat,
+            "idle_timeout": self.idle_timeout,
+            "context": self.context,
+        }
+        return json.dumps(data)
+
+    def is_alive(self) -> bool:
+        if self.host == host_name():
+            return pid_is_weft(self.pid, "manager")
+        return time.time_ns() - self.heartbeat < STALE_AFTER * 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manager_id": self.manager_id,
+            "pid": self.pid,
+            "host": self.host,
+            "started": self.started,
+            "heartbeat": self.heartbeat,
+            "idle_timeout": self.idle_timeout,
+            "alive": self.is_alive(),
+        }
+
+
+def entries(broker: Broker) -> list[ManagerEntry]:
+    found = []
+    for message in broker.peek_many(queues.WORKERS_REGISTRY, 1000):
+        entry = ManagerEntry.parse(message.id, message.body)
+        if entry is not None:
+            found.append(entry)
+    return found
+
+
+def live_entries(broker: Broker) -> list[ManagerEntry]:
+    return [e for e in entries(broker) if e.is_alive()]
+
+
+def local_manager(broker: Broker) -> ManagerEntry | None:
+    """The live manager of this project on this host, if any."""
+    here = host_name()
+    for entry in entries(broker):
+        if entry.host == here and entry.is_alive():
+            return entry
+    return None

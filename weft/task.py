@@ -1,0 +1,301 @@
+"""The task process: reserve -> run -> complete, answering control messages as it goes.
+
+One task process per task, forked from the manager's clean fork server, so it inherits no
+manager state. It is the supervisor of its target (see ``runner``): it logs each state
+change, enforces the timeout, answers STOP/KILL/PAUSE/RESUME/STATUS/PING, and writes the
+result to its outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from weft import events, queues, results, runner
+from weft.broker import Broker
+from weft.reserved import apply_reserved_policy
+from weft.context import WeftContext, load_context
+from weft.taskspec import TaskSpec
+from weft.tid import short
+
+TICK = 0.05  # seconds between control/timeout checks while the target runs
+STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL on STOP and timeout
+SPILL_BYTES = int(os.environ.get("WEFT_SPILL_BYTES", str(1024 * 1024)))
+
+CONTROL_COMMANDS = ("STOP", "KILL", "PAUSE", "RESUME", "STATUS", "PING")
+
+
+def set_title(ctx: WeftContext, tid: str, name: str, status: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"weft-{ctx.name}-{short(tid)}:{name}:{status}")
+    except Exception:
+        pass
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+class TaskProcess:
+    """Runs one task from its claimed spawn request to its final event."""
+
+    def __init__(self, ctx: WeftContext, tid: str, claim_queue: str) -> None:
+        self.ctx = ctx
+        self.tid = tid
+        self.claim_queue = claim_queue
+        self.broker = Broker(ctx)
+        self.spec: TaskSpec | None = None
+        self.spec_dump: dict[str, Any] | None = None
+        self.status = events.RUNNING
+        self.target: runner.Target | None = None
+        self.host = socket.gethostname()
+        self.stop_requested: str | None = None  # "STOP" or "KILL"
+        self.streamed = False
+
+    # -- logging ---------------------------------------------------------------------
+
+    def log(self, event: str, status: str, **detail: Any) -> None:
+        self.status = status
+        events.log_event(
+            self.broker,
+            events.make_event(
+                event,
+                self.tid,
+                status,
+                taskspec=self.spec_dump,
+                task_pid=os.getpid(),
+                host=self.host,
+                **detail,
+            ),
+        )
+        if self.spec is not None:
+            set_title(self.ctx, self.tid, self.spec.name, status)
+
+    # -- the life of a task ----------------------------------------------------------
+
+    def run(self) -> int:
+        claimed = self.broker.move_one(
+            self.claim_queue, queues.reserved(self.tid), message_id=int(self.tid)
+        )
+        if claimed is None:
+            return 0  # someone else took it (a successor manager gave it back): not ours
+        try:
+            spec = TaskSpec.model_validate_json(claimed.body)
+        except Exception as exc:
+            self.spec_dump = None
+            self.log(events.WORK_FAILED, events.FAILED, error=f"invalid TaskSpec: {exc}")
+            self._write_result(events.FAILED, 1, "", "", f"invalid TaskSpec: {exc}")
+            return 0
+        spec.tid = self.tid
+        spec.state.task_pid = os.getpid()
+        self.spec = spec
+        self.spec_dump = spec.model_dump(mode="json", exclude={"state"})
+        self.log(events.TASK_INITIALIZED, events.RUNNING)
+        self.log(events.WORK_STARTED, events.RUNNING)
+        final_status, return_code, out, err, error, value = self._execute(spec)
+        self._finish(spec, final_status, return_code, out, err, error, value)
+        return 0
+
+    def _execute(
+        self, spec: TaskSpec
+    ) -> tuple[str, int, bytes, bytes, str | None, Any]:
+        sink = self._stream_chunk if spec.spec.stream_output else None
+        env = {**self.ctx.to_env(), "WEFT_TID": self.tid}
+        try:
+            if spec.spec.type == "command":
+                self.target = runner.start_command(spec.spec, env=env, sink=sink)
+            else:
+                self.target = runner.start_function(spec.spec, env=env, sink=sink)
+        except FileNotFoundError:
+            program = (spec.spec.process_target or ["?"])[0]
+            return events.FAILED, 127, b"", b"", f"command not found: {program}", None
+        except PermissionError:
+            program = (spec.spec.process_target or ["?"])[0]
+            return events.FAILED, 126, b"", b"", f"command is not executable: {program}", None
+        except OSError as exc:
+            return events.FAILED, 126, b"", b"", f"cannot start command: {exc}", None
+
+        target = self.target
+        deadline = time.monotonic() + spec.spec.timeout if spec.spec.timeout else None
+        timed_out = False
+        code: int | None = None
+        while code is None:
+            code = target.wait(TICK)
+            if code is not None:
+                break
+            self._check_control(target)
+            if deadline is not None and time.monotonic() >= deadline and not timed_out:
+                timed_out = True
+                self._end_tree(target)
+        outcome = target.collect(code)
+
+        if timed_out:
+            return (
+                events.TIMEOUT,
+                124,
+                outcome.stdout,
+                outcome.stderr,
+                f"timed out after {spec.spec.timeout:g}s",
+                None,
+            )
+        if self.stop_requested == "KILL":
+            return events.KILLED, 137, outcome.stdout, outcome.stderr, "killed by request", None
+        if self.stop_requested == "STOP":
+            return events.STOPPED, 143, outcome.stdout, outcome.stderr, "stopped by request", None
+        rc = outcome.return_code
+        if rc < 0:
+            error = runner.describe_exit(rc)
+            rc = 128 - rc
+        elif outcome.error:
+            error = outcome.error
+        elif rc != 0:
+            error = runner.describe_exit(rc)
+        else:
+            error = None
+        status = events.COMPLETED if rc == 0 and error is None else events.FAILED
+        return status, rc, outcome.stdout, outcome.stderr, error, outcome.value
+
+    def _end_tree(self, target: runner.Target) -> None:
+        """SIGTERM the target's tree, SIGKILL it after a grace period."""
+        target.signal_tree(signal.SIGCONT)
+        target.signal_tree(signal.SIGTERM)
+        if target.wait(STOP_GRACE) is None:
+            target.signal_tree(signal.SIGKILL)
+        else:
+            target.signal_tree(signal.SIGKILL)  # stragglers in the tree
+
+    # -- control ---------------------------------------------------------------------
+
+    def _check_control(self, target: runner.Target) -> None:
+        ctrl = queues.ctrl_in(self.tid)
+        if not self.broker.has_messages(ctrl):
+            return
+        while (message := self.broker.read_one(ctrl)) is not None:
+            self._handle_control(target, message.body)
+
+    def _handle_control(self, target: runner.Target, body: str) -> None:
+        try:
+            data = json.loads(body)
+            command = str(data.get("command", "")).upper() if isinstance(data, dict) else ""
+        except json.JSONDecodeError:
+            command = body.strip().upper()
+        reply: dict[str, Any] = {"tid": self.tid, "command": command}
+        if command not in CONTROL_COMMANDS:
+            reply.update(ok=False, error=f"unknown command {command!r}; use one of {CONTROL_COMMANDS}")
+        elif command == "PAUSE":
+            target.signal_tree(signal.SIGSTOP)
+            self.log("control_pause", events.PAUSED)
+            reply["ok"] = True
+        elif command == "RESUME":
+            target.signal_tree(signal.SIGCONT)
+            self.log("control_resume", events.RUNNING)
+            reply["ok"] = True
+        elif command in ("STOP", "KILL"):
+            self.stop_requested = command
+            reply["ok"] = True
+            if command == "KILL":
+                target.signal_tree(signal.SIGCONT)
+                target.signal_tree(signal.SIGKILL)
+            else:
+                self._end_tree(target)
+        else:  # STATUS, PING
+            self.log(f"control_{command.lower()}", self.status)
+            reply["ok"] = True
+        reply.update(status=self.status, task_pid=os.getpid(), target_pid=target.pid)
+        self.broker.write(queues.ctrl_out(self.tid), json.dumps(reply))
+
+    # -- output ----------------------------------------------------------------------
+
+    def _stream_chunk(self, stream: str, data: bytes) -> None:
+        self.streamed = True
+        self.broker.write(
+            queues.outbox(self.tid), results.encode(results.make_chunk(stream, _decode(data)))
+        )
+
+    def _spill(self, name: str, data: bytes) -> str:
+        path = self.ctx.outputs_dir / f"{self.tid}.{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+
+    def _write_result(
+        self,
+        status: str,
+        return_code: int,
+        out: bytes | str,
+        err: bytes | str,
+        error: str | None,
+        value: Any = None,
+        is_function: bool = False,
+    ) -> None:
+        out_b = out.encode() if isinstance(out, str) else out
+        err_b = err.encode() if isinstance(err, str) else err
+        detail: dict[str, Any] = {}
+        output: Any
+        if is_function:
+            output = value
+            if out_b:
+                detail["stdout"] = _decode(out_b)
+        elif len(out_b) > SPILL_BYTES:
+            output = None
+            detail["output_ref"] = self._spill("stdout", out_b)
+            detail["output_bytes"] = len(out_b)
+        else:
+            output = _decode(out_b)
+        stderr = _decode(err_b)
+        if len(err_b) > SPILL_BYTES:
+            stderr = ""
+            detail["stderr_ref"] = self._spill("stderr", err_b)
+        if self.streamed:
+            detail["streamed"] = True
+        result = results.make_result(
+            self.tid, status, return_code=return_code, output=output, stderr=stderr, error=error,
+            **detail,
+        )
+        self.broker.write(queues.outbox(self.tid), results.encode(result))
+
+    def _finish(
+        self,
+        spec: TaskSpec,
+        status: str,
+        return_code: int,
+        out: bytes,
+        err: bytes,
+        error: str | None,
+        value: Any,
+    ) -> None:
+        requeue = status != events.COMPLETED and spec.spec.reserved_policy == "requeue"
+        if not requeue:
+            self._write_result(
+                status, return_code, out, err, error, value, is_function=spec.spec.type == "function"
+            )
+        event = {
+            events.COMPLETED: events.WORK_COMPLETED,
+            events.TIMEOUT: events.WORK_TIMEOUT,
+            events.KILLED: "control_kill",
+            events.STOPPED: "control_stop",
+        }.get(status, events.WORK_FAILED)
+        self.log(event, status, return_code=return_code, error=error, requeued=requeue or None)
+        apply_reserved_policy(self.broker, self.tid, spec.spec.reserved_policy, success=status == events.COMPLETED)
+        if spec.spec.cleanup_on_exit:
+            for name in (queues.inbox(self.tid), queues.ctrl_in(self.tid), queues.ctrl_out(self.tid)):
+                self.broker.delete_queue(name)
+
+
+def task_main(root: str, tid: str, claim_queue: str) -> None:
+    """Entry point in the forked task process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ctx = load_context(root, create=False)
+    set_title(ctx, tid, "task", "starting")
+    task = TaskProcess(ctx, tid, claim_queue)
+    try:
+        task.run()
+    finally:
+        task.broker.close()

@@ -1,0 +1,259 @@
+"""The TaskSpec: what to run and how, validated once at the edge.
+
+``spec`` and ``io`` describe the work and cannot change after creation; ``state`` and
+``metadata`` can. Unknown fields are rejected so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from weft.errors import UsageError
+
+FUNCTION_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+ReservedPolicy = Literal["keep", "requeue", "clear"]
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_mb: int | None = Field(default=None, gt=0, description="Peak memory of the task tree, MB")
+    cpu_percent: int | None = Field(default=None, ge=1, le=100, description="CPU ceiling, % of a core")
+    max_fds: int | None = Field(default=None, gt=0, description="Open file descriptors")
+    max_connections: int | None = Field(default=None, ge=0, description="Open network connections")
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in self.model_dump().values())
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["command", "function"] = "command"
+    process_target: list[str] | None = None
+    function_target: str | None = None
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0, description="Seconds; null for none")
+    limits: Limits = Field(default_factory=Limits)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    stream_output: bool = False
+    interactive: bool = False
+    cleanup_on_exit: bool = False
+    reserved_policy: ReservedPolicy = "keep"
+
+    @field_validator("function_target")
+    @classmethod
+    def _function_form(cls, value: str | None) -> str | None:
+        if value is not None and not FUNCTION_TARGET.match(value):
+            raise ValueError(f"{value!r} is not of the form 'module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _target_matches_type(self) -> Spec:
+        if self.type == "command":
+            if not self.process_target:
+                raise ValueError("a command task needs a non-empty process_target (argv list)")
+            if not self.process_target[0]:
+                raise ValueError("process_target[0] (the program) must not be empty")
+            if self.function_target is not None:
+                raise ValueError("function_target is only for type 'function'")
+        else:
+            if not self.function_target:
+                raise ValueError("a function task needs function_target ('module:function')")
+            if self.process_target is not None:
+                raise ValueError("process_target is only for type 'command'")
+        return self
+
+
+def _check_queue_names(value: dict[str, str]) -> dict[str, str]:
+    for key, queue in value.items():
+        if not QUEUE_NAME.match(queue) or len(queue) > 512:
+            raise ValueError(
+                f"{key}: {queue!r} is not a valid queue name "
+                "(letters, digits, '.', '_', '-'; not starting with '.' or '-')"
+            )
+    return value
+
+
+class IO(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: dict[str, str] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+    _inputs_ok = field_validator("inputs")(_check_queue_names)
+    _outputs_ok = field_validator("outputs")(_check_queue_names)
+
+
+class Metadata(BaseModel):
+    """Free-form labels; ``tags`` is the one field Weft itself reads (filters)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tags: list[str] = Field(default_factory=list)
+
+
+class State(BaseModel):
+    """Where the task is in its life. The only part that changes while it runs."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    status: str = "created"
+    task_pid: int | None = None
+    return_code: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    error: str | None = None
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = ""
+    spec: Spec
+    io: IO = Field(default_factory=IO)
+    metadata: Metadata = Field(default_factory=Metadata)
+    tid: str | None = None
+    state: State = Field(default_factory=State)
+
+    _IMMUTABLE = frozenset({"spec", "io"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._IMMUTABLE:
+            raise AttributeError(f"TaskSpec.{name} cannot be changed once the task is created")
+        super().__setattr__(name, value)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> TaskSpec:
+        if not self.name:
+            if self.spec.type == "command" and self.spec.process_target:
+                default = self.spec.process_target[0].rsplit("/", 1)[-1]
+            else:
+                default = (self.spec.function_target or "task").rsplit(":", 1)[-1]
+            object.__setattr__(self, "name", default)
+        return self
+
+    @field_validator("tid")
+    @classmethod
+    def _tid_form(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) == 19 and value.isdigit()):
+            raise ValueError("tid must be 19 digits")
+        return value
+
+    @property
+    def is_queue_fed(self) -> bool:
+        return bool(self.io.inputs)
+
+    def describe(self) -> str:
+        """One line naming what runs: the argv or the function."""
+        if self.spec.type == "command":
+            import shlex
+
+            return shlex.join(self.spec.process_target or [])
+        return str(self.spec.function_target)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: each problem as ``field.path: what is wrong``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_taskspec(data: str | bytes | dict[str, Any], *, source: str = "TaskSpec") -> TaskSpec:
+    """Validate JSON text or a dict into a TaskSpec; errors become a one-line UsageError."""
+    import json
+
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a JSON object, not {type(data).__name__}")
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"invalid {source}: {format_validation_error(exc)}") from None
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} {item!r} must look like KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build_spec(
+    *,
+    command: list[str] | None = None,
+    function: str | None = None,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+    timeout: float | None = None,
+    memory: int | None = None,
+    cpu: int | None = None,
+    env: dict[str, str] | list[str] | None = None,
+    tags: list[str] | None = None,
+    stream_output: bool = False,
+    interactive: bool = False,
+    cleanup_on_exit: bool = False,
+    reserved_policy: str = "keep",
+    cwd: str | None = None,
+    inputs: dict[str, str] | None = None,
+    outputs: dict[str, str] | None = None,
+) -> TaskSpec:
+    """A TaskSpec from the options a person types (``weft run``) or a program passes."""
+    if command is not None and function is not None:
+        raise UsageError("give a command or --function, not both")
+    if command is None and function is None:
+        raise UsageError("nothing to run: give a command, --function or --spec")
+    if command is not None and (not command or not command[0].strip()):
+        raise UsageError("the command is empty")
+    env_map = env if isinstance(env, dict) else _pairs(env, "--env")
+    for tag in tags or []:
+        if not tag.strip():
+            raise UsageError("--tag must not be empty")
+    data: dict[str, Any] = {
+        "spec": {
+            "type": "command" if command is not None else "function",
+            "process_target": command,
+            "function_target": function,
+            "args": args or [],
+            "kwargs": kwargs or {},
+            "timeout": timeout,
+            "limits": {"memory_mb": memory, "cpu_percent": cpu},
+            "env": env_map,
+            "stream_output": stream_output,
+            "interactive": interactive,
+            "cleanup_on_exit": cleanup_on_exit,
+            "reserved_policy": reserved_policy,
+            "cwd": cwd,
+        },
+        "io": {"inputs": inputs or {}, "outputs": outputs or {}},
+        "metadata": {"tags": list(tags or [])},
+    }
+    if command is None:
+        del data["spec"]["process_target"]
+    else:
+        del data["spec"]["function_target"]
+    if name:
+        data["name"] = name
+    return parse_taskspec(data, source="task options")
