@@ -115,3 +115,24 @@ def weft_processes() -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """The suite ends with no Weft process of its own still running."""
+    before = {p.pid for p in weft_processes()}
+    yield
+    import time
+
+    deadline = time.monotonic() + 15
+    leaked = [p for p in weft_processes() if p.pid not in before]
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leaked = [p for p in weft_processes() if p.pid not in before and p.is_running()]
+    names = [" ".join(p.cmdline()) for p in leaked if p.is_running()]
+    for proc in leaked:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not names, f"the test suite left Weft processes running: {names}"

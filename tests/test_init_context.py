@@ -139,7 +139,9 @@ def test_init_project_reports_creation_once(tmp_path: Path) -> None:
     assert find_root(tmp_path / "a" / "b") == tmp_path.resolve()
 
 
-def test_load_context_without_create_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_context_without_create_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WEFT_CONTEXT", raising=False)
     with pytest.raises(UsageError, match="weft init"):

@@ -82,7 +82,7 @@ def read_events(broker: Broker, *, after: int | None = None) -> Iterator[tuple[i
 
 def events_for(broker: Broker, tid: str) -> list[dict[str, Any]]:
     """One task's events, found by an indexed body search instead of reading the whole log."""
-    ids = broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=10_000)
+    ids = broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1000)
     out = []
     for message_id in sorted(ids):
         message = broker.peek_one(queues.TASKS_LOG, message_id=message_id)
@@ -93,7 +93,7 @@ def events_for(broker: Broker, tid: str) -> list[dict[str, Any]]:
 
 def tids_matching(broker: Broker, suffix: str, *, limit: int = 50) -> set[str]:
     """Full TIDs in the log that end with ``suffix``."""
-    ids = broker.find_ids(queues.TASKS_LOG, f'{suffix}","tid_short"', limit=limit * 8)
+    ids = broker.find_ids(queues.TASKS_LOG, f'{suffix}","tid_short"', limit=min(1000, limit * 8))
     found: set[str] = set()
     for message_id in ids:
         message = broker.peek_one(queues.TASKS_LOG, message_id=message_id)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from weft import events, queues, registry, results
-from weft.broker import Broker
+from weft.broker import Activity, Broker
 from weft.context import Settings, WeftContext, load_context
 
 log = logging.getLogger("weft.manager")
@@ -62,6 +62,7 @@ class Manager:
         self.last_activity = time.monotonic()
         self._lock_fd: int | None = None
         self.known_records: dict[str, events.TaskRecord] = {}
+        self.waiter: Activity | None = None
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class Manager:
         self.recover()
         if self.settings.autostart:
             self.launch_autostart()
-        waiter = self.broker.waiter([queues.SPAWN_REQUESTS])
+        waiter = self.waiter = self.broker.waiter([queues.SPAWN_REQUESTS])
         next_beat = time.monotonic() + registry.HEARTBEAT_SECONDS
         state = ""
         try:
@@ -274,6 +275,8 @@ class Manager:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = True
+        if self.waiter is not None:
+            self.waiter.poke()
 
     def shutdown(self) -> None:
         """Stop claiming; give running tasks a grace period, then STOP them."""
@@ -321,6 +324,7 @@ def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
     claim_names = [name for name, _ in broker.list_queues(pattern=queues.spawn_claims("*"))]
     for name in claim_names:  # died before it could reserve its request
         broker.move_one(name, queues.reserved(tid), message_id=int(tid))
+    _end_orphaned_target(broker, tid)
     spec: dict[str, Any] | None = None
     reserved = broker.peek_one(queues.reserved(tid), message_id=int(tid))
     if reserved is not None:
@@ -349,6 +353,20 @@ def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
         ),
     )
     apply_reserved_policy(broker, tid, policy, success=False)
+
+
+def _end_orphaned_target(broker: Broker, tid: str) -> None:
+    """Kill the process tree of a dead task's target, if it still runs on this host."""
+    host = registry.host_name()
+    for event in events.events_for(broker, tid):
+        target_pid = event.get("target_pid")
+        if event.get("event") != events.WORK_STARTED or not target_pid or event.get("host") != host:
+            continue
+        try:
+            if os.getpgid(target_pid) == target_pid:  # still the session leader we started
+                os.killpg(target_pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> int:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import builtins
 import json
 import re
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -169,7 +167,7 @@ class QueueAPI:
         peek: bool = False,
         timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
-    ) -> Iterator[QueueMessage]:
+    ) -> Generator[QueueMessage, None, None]:
         """Yield the queue's messages, then each new one as it arrives.
 
         Consumes them (one at a time, so nothing is claimed that was not handed over) unless
@@ -252,6 +250,9 @@ class QueueAPI:
         naming it and the project is unchanged. Message IDs are kept exactly.
         """
         if not source.seekable():  # a pipe: spool it so it can be read twice
+            import shutil
+            import tempfile
+
             with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
                 shutil.copyfileobj(source, spool)
                 spool.seek(0)

@@ -243,6 +243,9 @@ def _run_function_child(
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
+        # Keep nothing of the task process: no broker connection, no other descriptor.
+        os.closerange(3, res_w)
+        os.closerange(res_w + 1, 65536)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.environ.update(env)

@@ -97,7 +97,6 @@ class TaskProcess:
         self.spec = spec
         self.spec_dump = spec.model_dump(mode="json", exclude={"state"})
         self.log(events.TASK_INITIALIZED, events.RUNNING)
-        self.log(events.WORK_STARTED, events.RUNNING)
         final_status, return_code, out, err, error, value = self._execute(spec)
         self._finish(spec, final_status, return_code, out, err, error, value)
         return 0
@@ -122,17 +121,27 @@ class TaskProcess:
             return events.FAILED, 126, b"", b"", f"cannot start command: {exc}", None
 
         target = self.target
+        # The target's PID lets a successor end its tree if this process dies.
+        self.log(events.WORK_STARTED, events.RUNNING, target_pid=target.pid)
         deadline = time.monotonic() + spec.spec.timeout if spec.spec.timeout else None
         timed_out = False
         code: int | None = None
+        from weft.monitor import ResourceMonitor  # preloaded by the manager's fork server
+
+        monitor = self.monitor = ResourceMonitor(target.pid, spec.spec.limits, target.signal_tree)
         while code is None:
-            code = target.wait(TICK)
+            code = target.wait(monitor.timeout(TICK))
             if code is not None:
                 break
             self._check_control(target)
             if deadline is not None and time.monotonic() >= deadline and not timed_out:
                 timed_out = True
                 self._end_tree(target)
+            monitor.tick(  # measures; on a violation it SIGKILLs the tree (see _finish)
+                paused=self.status == events.PAUSED,
+                enforce=not timed_out and self.stop_requested is None,
+            )
+        monitor.finish()
         outcome = target.collect(code)
 
         if timed_out:
@@ -270,6 +279,12 @@ class TaskProcess:
         error: str | None,
         value: Any,
     ) -> None:
+        monitor = getattr(self, "monitor", None)  # None if the target never started
+        violation = monitor.violation if monitor is not None else None
+        if violation is not None:  # a limit was crossed first; the tree was SIGKILLed for it
+            from weft.monitor import LIMIT_EXIT_CODE
+
+            status, return_code, error = events.FAILED, LIMIT_EXIT_CODE, violation.message
         requeue = status != events.COMPLETED and spec.spec.reserved_policy == "requeue"
         if not requeue:
             self._write_result(
@@ -281,7 +296,13 @@ class TaskProcess:
             events.KILLED: "control_kill",
             events.STOPPED: "control_stop",
         }.get(status, events.WORK_FAILED)
-        self.log(event, status, return_code=return_code, error=error, requeued=requeue or None)
+        if violation is not None:
+            event = events.WORK_LIMIT_VIOLATION
+        self.log(
+            event, status, return_code=return_code, error=error, requeued=requeue or None,
+            metrics=monitor.metrics() if monitor is not None else None,
+            **(violation.detail() if violation is not None else {}),
+        )
         apply_reserved_policy(self.broker, self.tid, spec.spec.reserved_policy, success=status == events.COMPLETED)
         if spec.spec.cleanup_on_exit:
             for name in (queues.inbox(self.tid), queues.ctrl_in(self.tid), queues.ctrl_out(self.tid)):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from weft.errors import UsageError
 
 FUNCTION_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+DOTTED_TARGET = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 ReservedPolicy = Literal["keep", "requeue", "clear"]
 
@@ -50,6 +51,10 @@ class Spec(BaseModel):
     @field_validator("function_target")
     @classmethod
     def _function_form(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value and DOTTED_TARGET.match(value):
+            # The seed's autostart templates write "package.module.function".
+            module, _, func = value.rpartition(".")
+            value = f"{module}:{func}"
         if value is not None and not FUNCTION_TARGET.match(value):
             raise ValueError(f"{value!r} is not of the form 'module:function'")
         return value

@@ -56,7 +56,7 @@ def init(
     if created:
         print(f"Initialized weft in {where}")
     else:
-        print(f"Weft is already initialized in {where}; nothing was changed or lost")
+        print(f"Weft is already initialized in {where} (everything in it is kept)")
 
 
 @handle_errors

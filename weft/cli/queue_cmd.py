@@ -94,7 +94,9 @@ def _message_arg(message: str) -> str:
 def write(
     queue: str = QueueArg,
     message: str = typer.Argument(
-        ..., help="Message body; '-' reads it from stdin (one trailing newline dropped)."
+        ...,
+        metavar="MESSAGE",
+        help="Message body; '-' reads it from stdin (one trailing newline dropped).",
     ),
     as_json: bool = typer.Option(False, "--json", help='Print {"id": ..., "queue": ...}.'),
 ) -> None:
@@ -127,8 +129,8 @@ def peek(queue: str = QueueArg, as_json: bool = JsonOpt, all: bool = AllOpt) -> 
 @queue_app.command()
 @handle_errors
 def move(
-    source: str = typer.Argument(..., help="Queue to take from (or @ALIAS)."),
-    dest: str = typer.Argument(..., help="Queue to append to (or @ALIAS)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Queue to take from (or @ALIAS)."),
+    dest: str = typer.Argument(..., metavar="DEST", help="Queue to append to (or @ALIAS)."),
     all: bool = typer.Option(False, "--all", help="Move every message, not just the oldest."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -189,7 +191,9 @@ def watch(
 @queue_app.command()
 @handle_errors
 def broadcast(
-    message: str = typer.Argument(..., help="Message body; '-' reads it from stdin."),
+    message: str = typer.Argument(
+        ..., metavar="MESSAGE", help="Message body; '-' reads it from stdin."
+    ),
     pattern: str | None = typer.Option(
         None, "--pattern", "-p", metavar="GLOB", help="Only queues matching this glob."
     ),
@@ -207,8 +211,8 @@ def broadcast(
 @alias_app.command("add")
 @handle_errors
 def alias_add(
-    alias: str = typer.Argument(..., help="The new name (used as @ALIAS)."),
-    target: str = typer.Argument(..., help="The queue it names."),
+    alias: str = typer.Argument(..., metavar="ALIAS", help="The new name (used as @ALIAS)."),
+    target: str = typer.Argument(..., metavar="TARGET", help="The queue it names."),
 ) -> None:
     """Make @ALIAS mean TARGET."""
     with common.client() as c:
@@ -217,7 +221,9 @@ def alias_add(
 
 @alias_app.command("remove")
 @handle_errors
-def alias_remove(alias: str = typer.Argument(..., help="The alias to remove.")) -> None:
+def alias_remove(
+    alias: str = typer.Argument(..., metavar="ALIAS", help="The alias to remove."),
+) -> None:
     """Remove an alias (exit 2 if there is none); the queue itself is untouched."""
     with common.client() as c:
         c.queue.alias_remove(alias)
