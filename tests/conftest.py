@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -79,12 +80,14 @@ def _stop_managers(root: Path) -> None:
     for proc in psutil.process_iter(["pid", "environ", "cmdline", "cwd"]):
         try:
             env = proc.info.get("environ") or {}
-            if env.get("WEFT_CONTEXT", "").startswith(marker) or (
-                (proc.info.get("cwd") or "").startswith(marker)
-                and "weft" in " ".join(proc.info.get("cmdline") or [])
-            ):
-                if proc.pid != os.getpid():
-                    victims.append(proc)
+            if (
+                env.get("WEFT_CONTEXT", "").startswith(marker)
+                or (
+                    (proc.info.get("cwd") or "").startswith(marker)
+                    and "weft" in " ".join(proc.info.get("cmdline") or [])
+                )
+            ) and proc.pid != os.getpid():
+                victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     if not victims:
@@ -98,10 +101,8 @@ def _stop_managers(root: Path) -> None:
     del stop
     _, alive = psutil.wait_procs(victims, timeout=10)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def weft_processes() -> list[psutil.Process]:
@@ -118,21 +119,29 @@ def weft_processes() -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """The suite ends with no Weft process of its own still running."""
-    before = {p.pid for p in weft_processes()}
+def no_leaked_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite ends with no Weft process of its own (a project under its temp dir) running."""
+    base = str(tmp_path_factory.getbasetemp())
     yield
     import time
 
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in weft_processes():
+            try:
+                if proc.environ().get("WEFT_CONTEXT", "").startswith(base):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
     deadline = time.monotonic() + 15
-    leaked = [p for p in weft_processes() if p.pid not in before]
+    leaked = ours()
     while leaked and time.monotonic() < deadline:
         time.sleep(0.1)
-        leaked = [p for p in weft_processes() if p.pid not in before and p.is_running()]
-    names = [" ".join(p.cmdline()) for p in leaked if p.is_running()]
+        leaked = ours()
+    names = [" ".join(p.cmdline()).strip() for p in leaked]
     for proc in leaked:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     assert not names, f"the test suite left Weft processes running: {names}"

@@ -16,7 +16,16 @@ import pytest
 from tests.conftest import Weft
 from tests.helpers import log_events, queue_bodies, wait_for
 
-SEED_FIELDS = {"event", "tid", "tid_short", "status", "timestamp", "taskspec", "task_pid", "return_code"}
+SEED_FIELDS = {
+    "event",
+    "tid",
+    "tid_short",
+    "status",
+    "timestamp",
+    "taskspec",
+    "task_pid",
+    "return_code",
+}
 
 
 def _manager_pids(root: Path) -> list[int]:
@@ -71,7 +80,7 @@ def test_every_transition_is_logged_with_seed_fields(weft: Weft, project: Path) 
     names = [e["event"] for e in events]
     assert names == ["task_initialized", "work_started", "work_completed"]
     for e in events:
-        assert SEED_FIELDS <= e.keys()
+        assert e.keys() >= SEED_FIELDS
         assert e["tid_short"] == tid[-10:]
         assert e["taskspec"]["spec"]["process_target"] == ["echo", "x"]
     assert events[-1]["return_code"] == 0 and events[-1]["status"] == "completed"
@@ -127,8 +136,17 @@ def test_timeout_ends_whole_tree(weft: Weft, project: Path) -> None:
 
 def test_env_tag_name_and_json(weft: Weft, project: Path) -> None:
     r = weft(
-        "run", "--env", "GREETING=hi there", "--tag", "team=ml", "--name", "greeter", "--json",
-        "sh", "-c", 'echo "$GREETING"',
+        "run",
+        "--env",
+        "GREETING=hi there",
+        "--tag",
+        "team=ml",
+        "--name",
+        "greeter",
+        "--json",
+        "sh",
+        "-c",
+        'echo "$GREETING"',
     )
     data = json.loads(r.stdout)
     assert data["output"] == "hi there\n" and data["status"] == "completed"
@@ -138,9 +156,15 @@ def test_env_tag_name_and_json(weft: Weft, project: Path) -> None:
 
 
 def test_usage_errors_write_nothing(weft: Weft, project: Path) -> None:
-    for args in (["run"], ["run", "--cpu", "0", "true"], ["run", "--cpu", "150", "true"],
-                 ["run", "--timeout", "-1", "true"], ["run", "--env", "NOEQUALS", "true"],
-                 ["run", "--arg", "1", "true"], ["run", ""]):
+    for args in (
+        ["run"],
+        ["run", "--cpu", "0", "true"],
+        ["run", "--cpu", "150", "true"],
+        ["run", "--timeout", "-1", "true"],
+        ["run", "--env", "NOEQUALS", "true"],
+        ["run", "--arg", "1", "true"],
+        ["run", ""],
+    ):
         r = weft(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.strip() and r.stderr.strip().count("\n") == 0, (args, r.stderr)
@@ -204,7 +228,9 @@ def test_spec_file_wait(weft: Weft, project: Path) -> None:
     r = weft("run", "--spec", "task.json", "--wait")
     assert r.returncode == 0 and r.stdout == "spec ok\n"
     assert r.stderr.startswith("Task completed: ") and len(r.stderr.split()[-1]) == 19
-    (project / "bad.json").write_text('{"spec": {"type": "command", "process_target": ["x"], "oops": 1}}')
+    (project / "bad.json").write_text(
+        '{"spec": {"type": "command", "process_target": ["x"], "oops": 1}}'
+    )
     r = weft("run", "--spec", "bad.json")
     assert r.returncode == 2 and "spec.oops: unknown field" in r.stderr
 
@@ -216,7 +242,9 @@ def test_status_summary_task_detail_and_agreement_with_log(weft: Weft, project: 
     wait_for(lambda: any(e["event"] == "work_started" for e in log_events(project, running)))
     r = weft("status")
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("Manager: Running (PID ") and lines[0].endswith("idle timeout: 600s)")
+    assert lines[0].startswith("Manager: Running (PID ") and lines[0].endswith(
+        "idle timeout: 600s)"
+    )
     assert lines[1] == "Tasks: 3 total (1 running, 1 completed, 1 failed)"
     assert running[-10:] in r.stdout
     detail = weft("status", running[-10:]).stdout
@@ -229,7 +257,11 @@ def test_status_summary_task_detail_and_agreement_with_log(weft: Weft, project: 
     one = json.loads(weft("status", running, "--json").stdout)
     assert one["status"] == "running" and one["task_pid"] > 0
     assert weft("task", "stop", running).returncode == 0
-    final = wait_for(lambda: json.loads(weft("status", running, "--json").stdout)["status"] in ("stopped",) and True)
+    final = wait_for(
+        lambda: (
+            json.loads(weft("status", running, "--json").stdout)["status"] in ("stopped",) and True
+        )
+    )
     assert final
 
 
@@ -249,7 +281,9 @@ def test_crashing_targets_are_failures_and_manager_carries_on(weft: Weft, projec
     assert r.returncode == 7
     # Kill the task process itself: the manager records the failure.
     tid = weft("run", "--no-wait", "sleep", "30").stdout.strip()
-    started = wait_for(lambda: [e for e in log_events(project, tid) if e["event"] == "work_started"])
+    started = wait_for(
+        lambda: [e for e in log_events(project, tid) if e["event"] == "work_started"]
+    )
     os.kill(started[0]["task_pid"], signal.SIGKILL)
     res = weft("result", tid, "--timeout", "10")
     data = json.loads(res.stdout)
@@ -262,7 +296,11 @@ def test_one_manager_for_ten_concurrent_runs(weft: Weft, workdir: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "weft", "run", "echo", str(i)],
-            cwd=workdir, env=weft.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=workdir,
+            env=weft.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(10)
     ]
@@ -277,7 +315,9 @@ def test_one_manager_for_ten_concurrent_runs(weft: Weft, workdir: Path) -> None:
 def test_manager_idle_exit_and_no_reuse(weft: Weft, project: Path) -> None:
     env = {"WEFT_MANAGER_LIFETIME_TIMEOUT": "1"}
     assert weft("run", "echo", "a", env=env).returncode == 0
-    wait_for(lambda: weft("manager", "status").stdout.strip() == "Manager: Stopped", 20, "idle exit")
+    wait_for(
+        lambda: weft("manager", "status").stdout.strip() == "Manager: Stopped", 20, "idle exit"
+    )
     assert queue_bodies(project, "weft.workers.registry") == []
     env = {"WEFT_MANAGER_REUSE_ENABLED": "false"}
     assert weft("run", "echo", "b", env=env).returncode == 0

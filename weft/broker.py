@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -78,7 +78,7 @@ class Broker:
         return handle
 
     def forget(self, name: str) -> None:
-        """Drop the cached handle of a queue that will not be used again (e.g. a finished task's)."""
+        """Drop the cached handle of a queue that will not be used again."""
         with self._lock:
             handle = self._queues.pop(name, None)
         if handle is not None and self._pid == os.getpid():
@@ -90,10 +90,8 @@ class Broker:
         if self._pid != os.getpid():
             return
         for handle in handles:
-            try:
+            with suppress(Exception):
                 handle.close()
-            except Exception:
-                pass
 
     def __enter__(self) -> Broker:
         return self
@@ -160,9 +158,7 @@ class Broker:
         finally:
             gen.close()
 
-    def move_one(
-        self, source: str, dest: str, *, message_id: int | None = None
-    ) -> Message | None:
+    def move_one(self, source: str, dest: str, *, message_id: int | None = None) -> Message | None:
         q = self.queue(source)
         if message_id is None:
             got = q.move_one(dest, with_timestamps=True)
@@ -188,7 +184,9 @@ class Broker:
         return bool(self.queue(name).has_pending())
 
     def find_ids(self, name: str, contains: str, *, limit: int = 100) -> list[int]:
-        return [int(i) for i in self.queue(name).find_message_ids(body_contains=contains, limit=limit)]
+        return [
+            int(i) for i in self.queue(name).find_message_ids(body_contains=contains, limit=limit)
+        ]
 
     # -- whole database ------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from weft.queue_api import QueueAPI
     from weft.taskspec import TaskSpec
 
-MANAGER_CHECK_SECONDS = 2.0  # while waiting on a pending task, how often to make sure a manager runs
+MANAGER_CHECK_SECONDS = (
+    2.0  # while waiting on a pending task, how often to make sure a manager runs
+)
 
 
 class WeftClient:
@@ -64,7 +66,10 @@ class WeftClient:
     # -- submitting --------------------------------------------------------------------
 
     def submit(
-        self, spec: TaskSpec | dict[str, Any] | str, *, ensure_manager: bool = True,
+        self,
+        spec: TaskSpec | dict[str, Any] | str,
+        *,
+        ensure_manager: bool = True,
         manager_env: dict[str, str] | None = None,
     ) -> str:
         """Queue a task; returns its TID. Starts a manager if none runs on this host."""
@@ -165,7 +170,9 @@ class WeftClient:
                     result.pop(key)
         return result
 
-    def result(self, tid: str, *, timeout: float | None = None, peek: bool = False) -> dict[str, Any]:
+    def result(
+        self, tid: str, *, timeout: float | None = None, peek: bool = False
+    ) -> dict[str, Any]:
         """Wait up to ``timeout`` seconds (None: forever) for a task's result and return it.
 
         Reading consumes the result unless ``peek``. Raises ``WaitTimeout`` (exit 124) when
@@ -254,7 +261,9 @@ class WeftClient:
         pending = self._pending_requests().get(tid)
         if pending is None:
             raise NotFoundError(f"no task with TID {tid}")
-        return events.fold([events.make_event("pending", tid, events.PENDING, taskspec=pending)])[tid]
+        return events.fold([events.make_event("pending", tid, events.PENDING, taskspec=pending)])[
+            tid
+        ]
 
     def tasks(self) -> dict[str, events.TaskRecord]:
         """Every task's record: the log folded, plus requests not started yet."""
@@ -308,6 +317,16 @@ class WeftClient:
                 break
         return out
 
+    # -- interactive input -------------------------------------------------------------
+
+    def send_input(self, tid: str, data: str) -> None:
+        """Text for an interactive task's stdin (it travels through the task's inbox)."""
+        self.broker.write(queues.inbox(tid), results.encode(results.make_input(data)))
+
+    def close_input(self, tid: str) -> None:
+        """End-of-input: the task closes its target's stdin."""
+        self.broker.write(queues.inbox(tid), results.encode(results.make_eof()))
+
     # -- control -----------------------------------------------------------------------
 
     def control(self, tid: str, command: str, *, timeout: float = 5.0) -> dict[str, Any]:
@@ -316,7 +335,9 @@ class WeftClient:
 
         command = command.upper()
         if command not in CONTROL_COMMANDS:
-            raise UsageError(f"unknown control command {command!r}: use one of {', '.join(CONTROL_COMMANDS)}")
+            raise UsageError(
+                f"unknown control command {command!r}: use one of {', '.join(CONTROL_COMMANDS)}"
+            )
         tid = self.resolve_tid(tid)
         record = self.task(tid)
         if record.is_final:

@@ -69,7 +69,9 @@ def log_event(broker: Broker, event: dict[str, Any]) -> int:
     return broker.write(queues.TASKS_LOG, json.dumps(event, separators=(",", ":")))
 
 
-def read_events(broker: Broker, *, after: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_events(
+    broker: Broker, *, after: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(message id, event) pairs in log order, optionally after a cursor."""
     for message in broker.peek_all(queues.TASKS_LOG, after=after):
         try:

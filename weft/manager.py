@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class Manager:
         self.settings = settings
         self.host = registry.host_name()
         self.broker: Broker | None = None
-        self.mp: BaseContext | None = None
+        self.mp: ForkServerContext | None = None
         self.children: dict[str, BaseProcess] = {}
         self.adopted: dict[str, int] = {}  # tasks of a previous manager still running: tid -> pid
         self.entry: registry.ManagerEntry | None = None
@@ -92,7 +92,7 @@ class Manager:
 
     def start_fork_server(self) -> None:
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["weft.task", "weft.manager"])  # type: ignore[attr-defined]
+        mp.set_forkserver_preload(["weft.task", "weft.manager"])
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -142,7 +142,9 @@ class Manager:
                 live_ids.add(entry.manager_id)
                 continue
             self.broker.delete(queues.WORKERS_REGISTRY, entry.message_id)
-            log.info("removed dead manager %s (pid %s on %s)", entry.manager_id, entry.pid, entry.host)
+            log.info(
+                "removed dead manager %s (pid %s on %s)", entry.manager_id, entry.pid, entry.host
+            )
         for name, _ in self.broker.list_queues(pattern=queues.spawn_claims("*")):
             owner = name.rsplit(".", 1)[-1]
             if owner != self.entry.manager_id and owner not in live_ids:
@@ -337,7 +339,9 @@ def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
     if not requeue:
         broker.write(
             queues.outbox(tid),
-            results.encode(results.make_result(tid, events.FAILED, return_code=1, output="", error=reason)),
+            results.encode(
+                results.make_result(tid, events.FAILED, return_code=1, output="", error=reason)
+            ),
         )
     events.log_event(
         broker,

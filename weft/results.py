@@ -44,6 +44,28 @@ def make_chunk(stream: str, data: str) -> dict[str, Any]:
     return {"type": CHUNK, "stream": stream, "data": data}
 
 
+def make_input(data: str) -> dict[str, Any]:
+    """A line (or any text) for an interactive task's stdin, sent through its inbox."""
+    return {"type": "stdin", "data": data}
+
+
+def make_eof() -> dict[str, Any]:
+    return {"type": "eof"}
+
+
+def decode_input(body: str) -> str | None:
+    """Text for the target's stdin, or None for end-of-input. Plain text passes as is."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return body
+    if isinstance(data, dict) and data.get("type") == "eof":
+        return None
+    if isinstance(data, dict) and data.get("type") == "stdin":
+        return str(data.get("data", ""))
+    return body
+
+
 def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 

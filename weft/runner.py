@@ -7,6 +7,7 @@ crash of the target never takes the task process with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -89,7 +90,9 @@ class Target:
             ready, _, _ = select.select([self._pidfd], [], [], timeout)
             if not ready:
                 return None
-        pid, status = os.waitpid(self.pid, 0 if self._pidfd is not None and timeout > 0 else os.WNOHANG)
+        pid, status = os.waitpid(
+            self.pid, 0 if self._pidfd is not None and timeout > 0 else os.WNOHANG
+        )
         if pid == 0:
             if timeout > 0 and self._pidfd is None:
                 threading.Event().wait(timeout)
@@ -109,31 +112,27 @@ class Target:
             victims = [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
         except Exception:
             pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         for pid in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def write_stdin(self, data: bytes) -> bool:
         if self.stdin_fd is None:
             return False
+        view = memoryview(data)
         try:
-            os.write(self.stdin_fd, data)
+            while view:
+                view = view[os.write(self.stdin_fd, view) :]
             return True
         except OSError:
             return False
 
     def close_stdin(self) -> None:
         if self.stdin_fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.stdin_fd)
-            except OSError:
-                pass
             self.stdin_fd = None
 
     def collect(self, return_code: int) -> Outcome:
@@ -187,12 +186,17 @@ def _child_env(spec: Spec, extra: dict[str, str]) -> dict[str, str]:
 
 
 def start_command(
-    spec: Spec, *, env: dict[str, str], sink: ChunkSink | None, interactive: bool = False
+    spec: Spec,
+    *,
+    env: dict[str, str],
+    sink: ChunkSink | None,
+    interactive: bool = False,
+    stdin_data: bytes | None = None,
 ) -> Target:
     argv = list(spec.process_target or [])
     proc = subprocess.Popen(
         argv,
-        stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if interactive or stdin_data is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_child_env(spec, env),
@@ -212,7 +216,19 @@ def start_command(
     target.readers = [_Reader(out_fd, "stdout", sink), _Reader(err_fd, "stderr", sink)]
     for reader in target.readers:
         reader.start()
+    if stdin_data is not None:
+        _feed(target, stdin_data)
     return target
+
+
+def _feed(target: Target, data: bytes) -> None:
+    """Write ``data`` to the target's stdin from a thread (a full pipe must not block us)."""
+
+    def feed() -> None:
+        target.write_stdin(data)
+        target.close_stdin()
+
+    threading.Thread(target=feed, daemon=True, name="weft-stdin").start()
 
 
 def start_function(spec: Spec, *, env: dict[str, str], sink: ChunkSink | None) -> Target:

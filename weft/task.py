@@ -97,20 +97,34 @@ class TaskProcess:
         self.spec = spec
         self.spec_dump = spec.model_dump(mode="json", exclude={"state"})
         self.log(events.TASK_INITIALIZED, events.RUNNING)
+        if spec.is_queue_fed:
+            self._serve(spec)
+            return 0
         final_status, return_code, out, err, error, value = self._execute(spec)
         self._finish(spec, final_status, return_code, out, err, error, value)
         return 0
 
     def _execute(
-        self, spec: TaskSpec
+        self, spec: TaskSpec, item: str | None = None
     ) -> tuple[str, int, bytes, bytes, str | None, Any]:
-        sink = self._stream_chunk if spec.spec.stream_output else None
+        """Run the target once (for a queue-fed task: on one input message) and supervise it."""
+        interactive = spec.spec.interactive and item is None
+        sink = self._stream_chunk if spec.spec.stream_output or interactive else None
         env = {**self.ctx.to_env(), "WEFT_TID": self.tid}
         try:
             if spec.spec.type == "command":
-                self.target = runner.start_command(spec.spec, env=env, sink=sink)
+                self.target = runner.start_command(
+                    spec.spec,
+                    env=env,
+                    sink=sink,
+                    interactive=interactive,
+                    stdin_data=None if item is None else item.encode(),
+                )
             else:
-                self.target = runner.start_function(spec.spec, env=env, sink=sink)
+                fn_spec = spec.spec
+                if item is not None:
+                    fn_spec = fn_spec.model_copy(update={"args": [item, *fn_spec.args]})
+                self.target = runner.start_function(fn_spec, env=env, sink=sink)
         except FileNotFoundError:
             program = (spec.spec.process_target or ["?"])[0]
             return events.FAILED, 127, b"", b"", f"command not found: {program}", None
@@ -121,8 +135,9 @@ class TaskProcess:
             return events.FAILED, 126, b"", b"", f"cannot start command: {exc}", None
 
         target = self.target
-        # The target's PID lets a successor end its tree if this process dies.
-        self.log(events.WORK_STARTED, events.RUNNING, target_pid=target.pid)
+        if item is None:
+            # The target's PID lets a successor end its tree if this process dies.
+            self.log(events.WORK_STARTED, events.RUNNING, target_pid=target.pid)
         deadline = time.monotonic() + spec.spec.timeout if spec.spec.timeout else None
         timed_out = False
         code: int | None = None
@@ -182,6 +197,8 @@ class TaskProcess:
     # -- control ---------------------------------------------------------------------
 
     def _check_control(self, target: runner.Target) -> None:
+        if self.spec is not None and self.spec.spec.interactive:
+            self._forward_input(target)
         ctrl = queues.ctrl_in(self.tid)
         if not self.broker.has_messages(ctrl):
             return
@@ -217,6 +234,112 @@ class TaskProcess:
             self.log(f"control_{command.lower()}", self.status)
             reply["ok"] = True
         reply.update(status=self.status, task_pid=os.getpid(), target_pid=target.pid)
+        self.broker.write(queues.ctrl_out(self.tid), json.dumps(reply))
+
+    def _forward_input(self, target: runner.Target) -> None:
+        """Interactive tasks: what arrives in the inbox goes to the target's stdin."""
+        inbox = queues.inbox(self.tid)
+        while target.stdin_fd is not None and (message := self.broker.read_one(inbox)):
+            data = results.decode_input(message.body)
+            if data is None:
+                target.close_stdin()
+            elif not target.write_stdin(data.encode()):
+                target.close_stdin()
+
+    # -- queue-fed tasks -------------------------------------------------------------
+
+    def _serve(self, spec: TaskSpec) -> None:
+        """Serve each message written to the input queues until stopped or timed out.
+
+        Each message is reserved (moved into ``T{tid}.reserved``), given to the target as
+        its stdin (a command) or first argument (a function), its output written to every
+        output queue, and then deleted; a failed item follows the reserved policy.
+        """
+        inputs = list(spec.io.inputs.values())
+        reserved = queues.reserved(self.tid)
+        ctrl = queues.ctrl_in(self.tid)
+        waiter = self.broker.waiter([*inputs, ctrl])
+        deadline = time.monotonic() + spec.spec.timeout if spec.spec.timeout else None
+        self.log(events.WORK_STARTED, events.RUNNING, serving=inputs)
+        served = failed = 0
+        final = events.COMPLETED
+        try:
+            while self.stop_requested is None:
+                handled = False
+                for source in inputs:
+                    message = self.broker.move_one(source, reserved)
+                    if message is None:
+                        continue
+                    handled = True
+                    ok = self._serve_one(spec, source, message.id, message.body)
+                    served += ok
+                    failed += not ok
+                    if self.stop_requested is not None:
+                        break
+                if self.broker.has_messages(ctrl):
+                    while (command := self.broker.read_one(ctrl)) is not None:
+                        self._handle_idle_control(command.body)
+                if deadline is not None and time.monotonic() >= deadline:
+                    final = events.TIMEOUT
+                    break
+                if not handled and self.stop_requested is None:
+                    remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                    waiter.wait(max(0.0, min(1.0, remaining)))
+        finally:
+            waiter.close()
+        if self.stop_requested == "STOP":
+            final = events.STOPPED
+        elif self.stop_requested == "KILL":
+            final = events.KILLED
+        summary = f"served {served} message(s), {failed} failed"
+        code = {events.TIMEOUT: 124, events.STOPPED: 143, events.KILLED: 137}.get(final, 0)
+        self._write_result(final, code, summary + "\n", "", f"{failed} message(s) failed" if failed else None)
+        event = {
+            events.TIMEOUT: events.WORK_TIMEOUT,
+            events.STOPPED: "control_stop",
+            events.KILLED: "control_kill",
+        }.get(final, events.WORK_COMPLETED)
+        self.log(event, final, return_code=code, served=served, failed=failed)
+        self.broker.delete(reserved, int(self.tid))
+
+    def _serve_one(self, spec: TaskSpec, source: str, message_id: int, body: str) -> bool:
+        status, _code, out, _err, error, value = self._execute(spec, item=body)
+        reserved = queues.reserved(self.tid)
+        if status != events.COMPLETED:
+            policy = spec.spec.reserved_policy
+            if policy == "requeue":
+                self.broker.move_one(reserved, source, message_id=message_id)
+            elif policy == "clear":
+                self.broker.delete(reserved, message_id)
+            return False
+        if spec.spec.type == "function":
+            payload = value if isinstance(value, str) else json.dumps(value)
+        else:
+            payload = _decode(out).removesuffix("\n")  # like $(...): the next stage gets the value
+        for queue in spec.io.outputs.values():
+            self.broker.write(queue, payload)
+        self.broker.delete(reserved, message_id)
+        return True
+
+    def _handle_idle_control(self, body: str) -> None:
+        """Control messages that arrive between items (no target runs)."""
+        try:
+            data = json.loads(body)
+            command = str(data.get("command", "")).upper() if isinstance(data, dict) else ""
+        except json.JSONDecodeError:
+            command = body.strip().upper()
+        reply: dict[str, Any] = {"tid": self.tid, "command": command, "ok": True}
+        if command in ("STOP", "KILL"):
+            self.stop_requested = command
+        elif command == "PAUSE":
+            self.log("control_pause", events.PAUSED)
+        elif command == "RESUME":
+            self.log("control_resume", events.RUNNING)
+        elif command in ("STATUS", "PING"):
+            self.log(f"control_{command.lower()}", self.status)
+        else:
+            reply.update(ok=False, error=f"unknown command {command!r}")
+        reply.update(status=self.status, task_pid=os.getpid())
         self.broker.write(queues.ctrl_out(self.tid), json.dumps(reply))
 
     # -- output ----------------------------------------------------------------------

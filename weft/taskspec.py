@@ -22,8 +22,12 @@ ReservedPolicy = Literal["keep", "requeue", "clear"]
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    memory_mb: int | None = Field(default=None, gt=0, description="Peak memory of the task tree, MB")
-    cpu_percent: int | None = Field(default=None, ge=1, le=100, description="CPU ceiling, % of a core")
+    memory_mb: int | None = Field(
+        default=None, gt=0, description="Peak memory of the task tree, MB"
+    )
+    cpu_percent: int | None = Field(
+        default=None, ge=1, le=100, description="CPU ceiling, % of a core"
+    )
     max_fds: int | None = Field(default=None, gt=0, description="Open file descriptors")
     max_connections: int | None = Field(default=None, ge=0, description="Open network connections")
 

@@ -262,18 +262,23 @@ class WeftTools:
         wait = self._bound(wait_seconds)
         start = anyio.current_time()
         deadline = start + wait
+        final_checked = False
         while True:
             remaining = max(0.0, deadline - anyio.current_time())
+            timeout = 0.0 if final_checked else min(self.slice, remaining)
             try:
-                result = await self._run(
-                    self.client.result, tid, timeout=min(self.slice, remaining), peek=peek
-                )
+                result = await self._run(self.client.result, tid, timeout=timeout, peek=peek)
             except WaitTimeout:
                 pass
+            except NotFoundError:  # the task ended and its result was read before
+                return self._unfinished(await self._run(self.client.task, tid), 0)
             else:
                 return self._outcome(tid, result, consumed=not peek, max_chars=max_chars)
             record = await self._run(self.client.task, tid)
             elapsed = anyio.current_time() - start
+            if record.is_final and not final_checked:
+                final_checked = True  # it ended just now? look for the result once more
+                continue
             if record.is_final or elapsed >= wait:
                 return self._unfinished(record, round(elapsed, 1))
             await ctx.report_progress(
@@ -296,7 +301,7 @@ class WeftTools:
         given = [n for n, v in (("command", command), ("function", function), ("spec", spec)) if v]
         if len(given) != 1:
             raise ToolError(
-                "give exactly one of: command (an argv list, e.g. [\"pytest\", \"-q\"]), "
+                'give exactly one of: command (an argv list, e.g. ["pytest", "-q"]), '
                 "function ('module:function') or spec (a TaskSpec object)"
                 + (f"; got {', '.join(given)}" if given else "")
             )
@@ -324,8 +329,8 @@ class WeftTools:
         command: Annotated[
             list[str] | None,
             Field(
-                description="A command as an argv list, e.g. [\"pytest\", \"-q\", \"tests/\"]. "
-                "No shell is involved: for pipes or globbing use [\"sh\", \"-c\", \"...\"]"
+                description='A command as an argv list, e.g. ["pytest", "-q", "tests/"]. '
+                'No shell is involved: for pipes or globbing use ["sh", "-c", "..."]'
             ),
         ] = None,
         function: Annotated[
@@ -370,7 +375,7 @@ class WeftTools:
         ] = None,
         tags: Annotated[
             list[str] | None,
-            Field(description="Labels to find the task by later, e.g. [\"suite=unit\"]"),
+            Field(description='Labels to find the task by later, e.g. ["suite=unit"]'),
         ] = None,
         cwd: Annotated[
             str | None,
@@ -469,6 +474,9 @@ class WeftTools:
         Statuses: pending (queued), running, paused; completed, failed, timeout, killed,
         stopped (finished).
         """
+        return await self._status_report(tid, include_finished)
+
+    async def _status_report(self, tid: str | None, include_finished: bool) -> StatusReport:
         report = await self._run(self.client.status, include_finished=include_finished)
         tasks = [TaskInfo.model_validate(t) for t in report["tasks"]]
         if tid is not None:
@@ -520,7 +528,9 @@ class WeftTools:
             truncated=len(found) > limit,
         )
 
-    async def _control(self, ctx: Ctx, tid: str, command: str, wait_seconds: float) -> ControlOutcome:
+    async def _control(
+        self, ctx: Ctx, tid: str, command: str, wait_seconds: float
+    ) -> ControlOutcome:
         full = await self._run(self.client.resolve_tid, tid)
         try:
             await self._run(self.client.control, full, command)
@@ -538,11 +548,16 @@ class WeftTools:
             elapsed = anyio.current_time() - start
             if record.is_final or elapsed >= wait:
                 break
-            remaining = wait - elapsed
-            try:  # returns as soon as the result lands; leaves it for get_result
-                await self._run(self.client.result, full, timeout=min(self.slice, remaining), peek=True)
+            try:  # returns as soon as the result lands, and leaves it for get_result
+                result = await self._run(
+                    self.client.result, full, timeout=min(self.slice, wait - elapsed), peek=True
+                )
             except WaitTimeout:
                 await ctx.report_progress(elapsed, wait, f"task {short(full)} is {record.status}")
+            else:
+                record.status = str(result.get("status") or record.status)
+                if record.is_final:
+                    break
         if record.is_final:
             step = f"the task ended ({record.status}); get_result returns what it produced"
         elif acknowledged:
@@ -682,7 +697,7 @@ class WeftTools:
         ] = 10,
     ) -> QueueMessages:
         """Look at the oldest messages in a queue without removing them."""
-        name = self.client.queue.resolve(queue)  # peeking is harmless, even at weft.* queues
+        name = await self._run(self.client.queue.resolve, queue)  # even weft.* may be peeked
         got = await self._run(self.client.broker.peek_many, name, max_messages)
         if not got:
             raise ToolError(
@@ -844,25 +859,31 @@ class WeftTools:
     async def status_resource(self) -> str:
         """Managers, task counts and active tasks, as JSON."""
         try:
-            report = await self.status.__wrapped__(self)  # type: ignore[attr-defined]
+            report = await self._status_report(None, False)
         except WeftError as exc:
             raise ResourceError(str(exc)) from exc
-        return str(report.model_dump_json(indent=2))
+        return report.model_dump_json(indent=2)
 
     # -- registration --------------------------------------------------------------------
 
     def register(self, server: MCPServer[Any]) -> list[str]:
         """Add the tools (only the reading ones when read-only) and resources to ``server``."""
         reading = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-        writing = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
-        ending = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
-        consuming = ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, open_world_hint=False
+        writing = ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, open_world_hint=True
         )
+        ending = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
+        consuming = ending  # removes what it reads
+        read_only = self.policy.read_only
+        # (name, function, annotations, offered when read-only)
         tools: list[tuple[str, Callable[..., Any], ToolAnnotations, bool]] = [
             ("run_task", self.run_task, writing, False),
-            ("get_result", self.get_result, consuming, False),
-            ("get_result", self.get_result_read_only, reading, True),
+            (
+                "get_result",
+                self.get_result_read_only if read_only else self.get_result,
+                reading if read_only else consuming,
+                True,
+            ),
             ("status", self.status, reading, True),
             ("list_tasks", self.list_tasks, reading, True),
             ("stop_task", self.stop_task, ending, False),
@@ -874,12 +895,10 @@ class WeftTools:
             ("read_task_log", self.read_task_log, reading, True),
         ]
         names = []
-        for name, fn, annotations, read_only in tools:
-            if fn is self.get_result_read_only and not self.policy.read_only:
+        for name, fn, hints, offered_read_only in tools:
+            if read_only and not offered_read_only:
                 continue
-            if self.policy.read_only and not read_only:
-                continue
-            server.add_tool(fn, name=name, annotations=annotations, structured_output=True)
+            server.add_tool(fn, name=name, annotations=hints, structured_output=True)
             names.append(name)
         server.resource(
             "weft://task/{tid}",

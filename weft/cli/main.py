@@ -36,7 +36,7 @@ def _root(
         None,
         "--context",
         "-C",
-        help="Project directory (holding .weft/). Default: search upward from here; env WEFT_CONTEXT.",
+        help="Project directory (holding .weft/). Default: search upward; env WEFT_CONTEXT.",
         metavar="DIR",
     ),
     version: bool = typer.Option(

@@ -17,7 +17,9 @@ from weft.errors import EXIT_ERROR, EXIT_OK, UsageError
 if TYPE_CHECKING:
     from weft.client import WeftClient
 
-manager_app = typer.Typer(help="Start, stop and inspect this project's manager.", no_args_is_help=True)
+manager_app = typer.Typer(
+    help="Start, stop and inspect this project's manager.", no_args_is_help=True
+)
 task_app = typer.Typer(
     help="Control a running task: stop, kill, pause, resume, ping, status.", no_args_is_help=True
 )
@@ -53,8 +55,14 @@ def _print_output(result: dict[str, Any], *, is_function: bool) -> None:
 
 
 def _wait_and_print(
-    client: WeftClient, tid: str, *, timeout: float | None, as_json: bool, is_function: bool,
-    stream: bool, announce: bool,
+    client: WeftClient,
+    tid: str,
+    *,
+    timeout: float | None,
+    as_json: bool,
+    is_function: bool,
+    stream: bool,
+    announce: bool,
 ) -> int:
     try:
         if stream:
@@ -91,23 +99,53 @@ def _wait_and_print(
 def run(
     ctx: typer.Context,
     command: list[str] | None = typer.Argument(None, help="The command and its arguments."),
-    spec_file: Path | None = typer.Option(None, "--spec", help="Run a TaskSpec JSON file (- for stdin)."),
-    function: str | None = typer.Option(None, "--function", "-f", help="Run a Python function, module:function."),
-    arg: list[str] | None = typer.Option(None, "--arg", help="Positional argument for --function (JSON or text; repeatable)."),
-    kw: list[str] | None = typer.Option(None, "--kw", help="Keyword argument KEY=VALUE for --function (repeatable)."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait and print the output (default), or print only the TID."),
-    timeout: float | None = typer.Option(None, "--timeout", "-t", help="End the task's process tree after N seconds (exit 124)."),
+    spec_file: Path | None = typer.Option(
+        None, "--spec", help="Run a TaskSpec JSON file (- for stdin)."
+    ),
+    function: str | None = typer.Option(
+        None, "--function", "-f", help="Run a Python function, module:function."
+    ),
+    arg: list[str] | None = typer.Option(
+        None, "--arg", help="Positional argument for --function (JSON or text; repeatable)."
+    ),
+    kw: list[str] | None = typer.Option(
+        None, "--kw", help="Keyword argument KEY=VALUE for --function (repeatable)."
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Wait and print the output (default), or print only the TID."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", "-t", help="End the task's process tree after N seconds (exit 124)."
+    ),
     memory: int | None = typer.Option(None, "--memory", help="Memory limit for the task tree, MB."),
     cpu: int | None = typer.Option(None, "--cpu", help="CPU ceiling, percent of one core (1-100)."),
-    env: list[str] | None = typer.Option(None, "--env", "-e", help="Environment variable KEY=VALUE (repeatable)."),
-    tag: list[str] | None = typer.Option(None, "--tag", help="Metadata tag, e.g. KEY=VALUE (repeatable)."),
-    name: str | None = typer.Option(None, "--name", "-n", help="Task name (shown in status and process titles)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result (or the TID with --no-wait) as JSON."),
-    stream_output: bool = typer.Option(False, "--stream-output", help="Print output as it is produced."),
-    interactive: bool = typer.Option(False, "--interactive", "-i", help="Connect this terminal to the task."),
-    policy: str = typer.Option("keep", "--reserved-policy", help="On failure: keep | requeue | clear the work message."),
-    cleanup: bool = typer.Option(False, "--cleanup", help="Delete the task's queues when it ends (the unread result stays)."),
-    no_autostart: bool = typer.Option(False, "--no-autostart", help="A manager started now skips autostart templates."),
+    env: list[str] | None = typer.Option(
+        None, "--env", "-e", help="Environment variable KEY=VALUE (repeatable)."
+    ),
+    tag: list[str] | None = typer.Option(
+        None, "--tag", help="Metadata tag, e.g. KEY=VALUE (repeatable)."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="Task name (shown in status and process titles)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the result (or the TID with --no-wait) as JSON."
+    ),
+    stream_output: bool = typer.Option(
+        False, "--stream-output", help="Print output as it is produced."
+    ),
+    interactive: bool = typer.Option(
+        False, "--interactive", "-i", help="Connect this terminal to the task."
+    ),
+    policy: str = typer.Option(
+        "keep", "--reserved-policy", help="On failure: keep | requeue | clear the work message."
+    ),
+    cleanup: bool = typer.Option(
+        False, "--cleanup", help="Delete the task's queues when it ends (the unread result stays)."
+    ),
+    no_autostart: bool = typer.Option(
+        False, "--no-autostart", help="A manager started now skips autostart templates."
+    ),
 ) -> None:
     """Run a command, a Python function or a TaskSpec as a durable, isolated task.
 
@@ -122,18 +160,48 @@ def run(
     """
     raise typer.Exit(
         _run(
-            command, spec_file, function, arg, kw, wait, timeout, memory, cpu, env, tag, name,
-            as_json, stream_output, interactive, policy, cleanup, no_autostart,
+            command,
+            spec_file,
+            function,
+            arg,
+            kw,
+            wait,
+            timeout,
+            memory,
+            cpu,
+            env,
+            tag,
+            name,
+            as_json,
+            stream_output,
+            interactive,
+            policy,
+            cleanup,
+            no_autostart,
         )
     )
 
 
 @common.handle_errors
 def _run(
-    command: list[str] | None, spec_file: Path | None, function: str | None, arg: list[str] | None,
-    kw: list[str] | None, wait: bool, timeout: float | None, memory: int | None, cpu: int | None,
-    env: list[str] | None, tag: list[str] | None, name: str | None, as_json: bool,
-    stream_output: bool, interactive: bool, policy: str, cleanup: bool, no_autostart: bool,
+    command: list[str] | None,
+    spec_file: Path | None,
+    function: str | None,
+    arg: list[str] | None,
+    kw: list[str] | None,
+    wait: bool,
+    timeout: float | None,
+    memory: int | None,
+    cpu: int | None,
+    env: list[str] | None,
+    tag: list[str] | None,
+    name: str | None,
+    as_json: bool,
+    stream_output: bool,
+    interactive: bool,
+    policy: str,
+    cleanup: bool,
+    no_autostart: bool,
 ) -> int:
     from weft.taskspec import build_spec, parse_taskspec
 
@@ -181,10 +249,33 @@ def _run(
         else:
             print(tid)
         return EXIT_OK
+    if spec.spec.interactive:
+        _pump_stdin(client, tid)
     return _wait_and_print(
-        client, tid, timeout=None, as_json=as_json, is_function=spec.spec.type == "function",
-        stream=spec.spec.stream_output, announce=spec_file is not None,
+        client,
+        tid,
+        timeout=None,
+        as_json=as_json,
+        is_function=spec.spec.type == "function",
+        stream=spec.spec.stream_output or spec.spec.interactive,
+        announce=spec_file is not None,
     )
+
+
+def _pump_stdin(client: WeftClient, tid: str) -> None:
+    """Send this terminal's input to an interactive task, line by line; EOF closes its stdin."""
+    import threading
+
+    from weft.client import WeftClient
+
+    def pump() -> None:
+        # Its own client: broker handles are per thread and this one outlives nothing.
+        with WeftClient(client.ctx) as sender:
+            for line in sys.stdin:
+                sender.send_input(tid, line)
+            sender.close_input(tid)
+
+    threading.Thread(target=pump, daemon=True, name="weft-stdin").start()
 
 
 def _json_or_text(value: str) -> Any:
@@ -206,8 +297,12 @@ def _split_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 
 @common.handle_errors
 def result(
-    tid: str | None = typer.Argument(None, help="Full TID, short TID (last 10 digits) or a unique suffix."),
-    timeout: float | None = typer.Option(None, "--timeout", "-t", help="Wait at most N seconds (then exit 124)."),
+    tid: str | None = typer.Argument(
+        None, help="Full TID, short TID (last 10 digits) or a unique suffix."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", "-t", help="Wait at most N seconds (then exit 124)."
+    ),
     as_json: bool = typer.Option(True, "--json/--text", help="JSON (default) or the bare output."),
     stream: bool = typer.Option(False, "--stream", help="Print output chunks as they arrive."),
     all_: bool = typer.Option(False, "--all", help="Every result waiting to be read."),
@@ -228,7 +323,15 @@ def result(
         raise UsageError("give a TID (or --all)")
     full = client.resolve_tid(tid)
     if stream:
-        code = _wait_and_print(client, full, timeout=timeout, as_json=False, is_function=False, stream=True, announce=False)
+        code = _wait_and_print(
+            client,
+            full,
+            timeout=timeout,
+            as_json=False,
+            is_function=False,
+            stream=True,
+            announce=False,
+        )
         raise typer.Exit(code)
     got = client.result(full, timeout=timeout, peek=peek)
     if as_json:
@@ -249,7 +352,10 @@ def _manager_line(managers: list[dict[str, Any]]) -> str:
         return "Manager: Stopped"
     parts = []
     for m in managers:
-        parts.append(f"Running (PID {m['pid']}, idle timeout: {m['idle_timeout']:g}s" + (f", host {m['host']})" if len(managers) > 1 else ")"))
+        parts.append(
+            f"Running (PID {m['pid']}, idle timeout: {m['idle_timeout']:g}s"
+            + (f", host {m['host']})" if len(managers) > 1 else ")")
+        )
     return "Manager: " + "; ".join(parts)
 
 
@@ -267,7 +373,9 @@ def _render_status(client: WeftClient, include_finished: bool) -> str:
         lines.append("")
         lines.append(f"{'TID':<12}{'STATUS':<11}{'NAME':<20}COMMAND")
         for t in data["tasks"]:
-            lines.append(f"{t['tid_short']:<12}{t['status']:<11}{t['name'][:19]:<20}{t['command'][:60]}")
+            lines.append(
+                f"{t['tid_short']:<12}{t['status']:<11}{t['name'][:19]:<20}{t['command'][:60]}"
+            )
     return "\n".join(lines)
 
 
@@ -338,10 +446,14 @@ def manager_start() -> None:
     while time.monotonic() < deadline:
         managers = [m for m in client.managers() if m.host == _host()]
         if managers:
-            print(f"Manager: Running (PID {managers[0].pid}, idle timeout: {managers[0].idle_timeout:g}s)")
+            print(
+                _manager_line([managers[0].to_dict()])
+            )
             return
         time.sleep(0.05)
-    raise UsageError(f"the manager (PID {pid}) did not register within 15s; see .weft/logs/manager.log")
+    raise UsageError(
+        f"the manager (PID {pid}) did not register within 15s; see .weft/logs/manager.log"
+    )
 
 
 def _host() -> str:
@@ -358,12 +470,16 @@ def manager_stop(
     """Stop the manager gracefully: running tasks get a grace period, then STOP."""
     client = common.client(create=False)
     stopped = client.stop_manager(timeout=timeout)
-    print(f"Stopped manager (PID {', '.join(map(str, stopped))})" if stopped else "Manager: Stopped")
+    print(
+        f"Stopped manager (PID {', '.join(map(str, stopped))})" if stopped else "Manager: Stopped"
+    )
 
 
 @manager_app.command("status")
 @common.handle_errors
-def manager_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def manager_status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """Show whether a manager runs, with its PID, host and idle timeout."""
     client = common.client(create=False)
     managers = [m.to_dict() for m in client.managers()]
@@ -378,13 +494,18 @@ def _control(command: str) -> Any:
     def handler(
         tid: str = typer.Argument(..., help="Full TID, short TID or a unique suffix."),
         as_json: bool = typer.Option(False, "--json", help="Print the task's answer as JSON."),
-        timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the task's answer."),
+        timeout: float = typer.Option(
+            5.0, "--timeout", help="Seconds to wait for the task's answer."
+        ),
     ) -> None:
         reply = common.client().control(tid, command, timeout=timeout)
         if as_json:
             common.print_json(reply)
         else:
-            print(f"{command} {reply['tid'][-10:]}: {reply.get('status')}" + ("" if reply.get("ok") else f" ({reply.get('error')})"))
+            print(
+                f"{command} {reply['tid'][-10:]}: {reply.get('status')}"
+                + ("" if reply.get("ok") else f" ({reply.get('error')})")
+            )
 
     handler.__doc__ = f"Send {command} to a running task and print its answer."
     return handler
