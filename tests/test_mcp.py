@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 READING_TOOLS = {"get_result", "status", "list_tasks", "queue_peek", "queue_list", "read_task_log"}
 ALL_TOOLS = READING_TOOLS | {"run_task", "stop_task", "kill_task", "queue_write", "queue_read"}
 
-JOBS = '''
+JOBS = """
 import time
 
 def add(a, b, scale=1):
@@ -34,7 +34,7 @@ def chatty(text):
 
 def boom():
     raise ValueError("bad input")
-'''
+"""
 
 
 @pytest.fixture
@@ -170,14 +170,14 @@ async def test_run_task_argument_errors_say_what_to_do(client: WeftClient) -> No
         assert "exactly one of" in await refused(mcp, "run_task")
         both = await refused(mcp, "run_task", command=["echo"], function="jobs:add")
         assert "exactly one of" in both and "command, function" in both
-        assert "for a function task" in await refused(
-            mcp, "run_task", command=["echo"], args=[1]
-        )
+        assert "for a function task" in await refused(mcp, "run_task", command=["echo"], args=[1])
         inside = await refused(
             mcp, "run_task", spec={"spec": {"process_target": ["echo"]}}, name="x", timeout=5
         )
         assert "inside the TaskSpec" in inside and "name" in inside
-        bad_spec = await refused(mcp, "run_task", spec={"spec": {"process_target": ["echo"]}, "x": 1})
+        bad_spec = await refused(
+            mcp, "run_task", spec={"spec": {"process_target": ["echo"]}, "x": 1}
+        )
         assert "unknown field" in bad_spec and "fix the argument" in bad_spec
         assert "module:function" in await refused(mcp, "run_task", function="not a target")
         assert "empty" in await refused(mcp, "run_task", command=[""])
@@ -293,10 +293,16 @@ async def test_list_tasks_filters(client: WeftClient) -> None:
     async with session(client) as mcp:
         for n in range(3):
             await ok(
-                mcp, "run_task", command=["true"], name=f"unit-{n}", tags=["suite=unit"],
+                mcp,
+                "run_task",
+                command=["true"],
+                name=f"unit-{n}",
+                tags=["suite=unit"],
                 wait_seconds=30,
             )
-        await ok(mcp, "run_task", command=["false"], name="lint", tags=["suite=lint"], wait_seconds=30)
+        await ok(
+            mcp, "run_task", command=["false"], name="lint", tags=["suite=lint"], wait_seconds=30
+        )
         by_name = await ok(mcp, "list_tasks", name="unit-*")
         assert [t["name"] for t in by_name["tasks"]] == ["unit-2", "unit-1", "unit-0"]
         assert [t["name"] for t in (await ok(mcp, "list_tasks", tag="suite=lint"))["tasks"]] == [
@@ -330,6 +336,19 @@ async def test_stop_and_kill(client: WeftClient) -> None:
         assert not (await ok(mcp, "status"))["tasks"]
 
 
+async def test_stopping_a_pending_task_takes_effect_when_it_starts(client: WeftClient) -> None:
+    tid = client.submit({"spec": {"process_target": ["sleep", "60"]}}, ensure_manager=False)
+    async with session(client) as mcp:
+        began = time.monotonic()
+        stopped = await ok(mcp, "stop_task", tid=tid, wait_seconds=0)
+        assert time.monotonic() - began < 3
+        assert stopped["acknowledged"] is False and stopped["status"] == "pending"
+        assert "when it starts" in stopped["next_step"]
+        client.ensure_manager()
+        out = await ok(mcp, "get_result", tid=tid, wait_seconds=30)
+        assert out["status"] == "stopped"
+
+
 # -- queues ------------------------------------------------------------------------------
 
 
@@ -353,7 +372,9 @@ async def test_queue_write_peek_list_read(client: WeftClient) -> None:
         empty = await refused(mcp, "queue_read", queue="jobs.in")
         assert "is empty" in empty and "wait_seconds" in empty
         assert "is empty" in await refused(mcp, "queue_peek", queue="jobs.in")
-        assert "invalid queue name" in await refused(mcp, "queue_write", queue="bad name", message="x")
+        assert "invalid queue name" in await refused(
+            mcp, "queue_write", queue="bad name", message="x"
+        )
 
 
 async def test_engine_queues_are_off_limits_except_for_peeking(client: WeftClient) -> None:
@@ -384,7 +405,9 @@ async def test_queue_read_waits_for_a_message(client: WeftClient) -> None:
                     client.queue.write("replies", "pong")
 
             result = await mcp.call_tool(
-                "queue_read", {"queue": "replies", "wait_seconds": 30}, progress_callback=on_progress
+                "queue_read",
+                {"queue": "replies", "wait_seconds": 30},
+                progress_callback=on_progress,
             )
             got["result"] = result.structured_content
 
@@ -417,7 +440,9 @@ async def test_read_task_log_cursor_and_filters(client: WeftClient) -> None:
         assert {e["tid"] for e in newer["events"]} == {b["tid"]}
         failed = await ok(mcp, "read_task_log", after="0", event="work_failed")
         assert [e["tid"] for e in failed["events"]] == [b["tid"]]
-        only_a = await ok(mcp, "read_task_log", after="0", tid=a["tid_short"], include_taskspec=True)
+        only_a = await ok(
+            mcp, "read_task_log", after="0", tid=a["tid_short"], include_taskspec=True
+        )
         assert {e["tid"] for e in only_a["events"]} == {a["tid"]}
         assert only_a["events"][0]["taskspec"]["name"] == "a"
         assert len((await ok(mcp, "read_task_log", after="0", limit=2))["events"]) == 2
@@ -480,7 +505,9 @@ async def test_resources(client: WeftClient) -> None:
 async def test_allow_list(client: WeftClient) -> None:
     policy = Policy.from_options(["echo", "sh -c 'exit 0'", "jobs:add"])
     async with session(client, policy=policy) as mcp:
-        assert (await ok(mcp, "run_task", command=["echo", "ok"], wait_seconds=30))["output"] == "ok\n"
+        assert (await ok(mcp, "run_task", command=["echo", "ok"], wait_seconds=30))[
+            "output"
+        ] == "ok\n"
         assert (await ok(mcp, "run_task", command=["/bin/echo", "x"], wait_seconds=30))["output"]
         full_line = await ok(mcp, "run_task", command=["sh", "-c", "exit 0"], wait_seconds=30)
         assert full_line["status"] == "completed"

@@ -137,12 +137,23 @@ class WeftClient:
             candidates.add(text)
         return tids.resolve(text, candidates)
 
+    def _starting(self, tid: str) -> dict[str, Any] | None:
+        """The spec of a task whose process has reserved its request but not yet logged."""
+        message = self.broker.peek_one(queues.reserved(tid), message_id=int(tid))
+        if message is None:
+            return None
+        try:
+            spec = json.loads(message.body)
+        except json.JSONDecodeError:
+            return {}
+        return spec if isinstance(spec, dict) else {}
+
     def _exists(self, tid: str) -> bool:
         if self.broker.has_messages(queues.outbox(tid)):
             return True
         if self.broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1):
             return True
-        return tid in self._pending_requests()
+        return tid in self._pending_requests() or self._starting(tid) is not None
 
     # -- results -----------------------------------------------------------------------
 
@@ -258,7 +269,7 @@ class WeftClient:
         history = events.events_for(self.broker, tid)
         if history:
             return events.fold(history)[tid]
-        pending = self._pending_requests().get(tid)
+        pending = self._pending_requests().get(tid) or self._starting(tid)
         if pending is None:
             raise NotFoundError(f"no task with TID {tid}")
         return events.fold([events.make_event("pending", tid, events.PENDING, taskspec=pending)])[
@@ -267,7 +278,9 @@ class WeftClient:
 
     def tasks(self) -> dict[str, events.TaskRecord]:
         """Every task's record: the log folded, plus requests not started yet."""
-        records = events.fold(event for _, event in events.read_events(self.broker))
+        from weft.state import current_records
+
+        records = current_records(self.broker)
         for tid, spec in self._pending_requests().items():
             if tid not in records:
                 records[tid] = events.fold(
@@ -366,6 +379,50 @@ class WeftClient:
                 waiter.wait(min(remaining, 0.5))
         finally:
             waiter.close()
+
+    # -- retention ---------------------------------------------------------------------
+
+    def prune(self, *, older_than: float = 0.0, include_unread: bool = False) -> dict[str, Any]:
+        """Remove finished tasks older than ``older_than`` seconds: their log events and queues.
+
+        A task whose result nobody has read is kept unless ``include_unread``; running and
+        pending tasks are never touched.
+        """
+        from weft.state import fold_current, forget
+
+        records, _, _ = fold_current(self.broker)
+        cutoff = time.time_ns() - int(older_than * 1e9)
+        doomed: set[str] = set()
+        kept_unread = 0
+        for tid, record in records.items():
+            if not record.is_final or (record.finished_at or 0) > cutoff:
+                continue
+            if not include_unread and self.broker.has_messages(queues.outbox(tid)):
+                kept_unread += 1
+                continue
+            doomed.add(tid)
+        if not doomed:
+            return {"pruned_tasks": 0, "pruned_events": 0, "kept_unread": kept_unread}
+        event_ids = [
+            message_id
+            for message_id, event in events.read_events(self.broker)
+            if event.get("tid") in doomed
+        ]
+        log_queue = self.broker.queue(queues.TASKS_LOG)
+        for start in range(0, len(event_ids), 500):
+            log_queue.delete_many(event_ids[start : start + 500])
+        for tid in doomed:
+            for suffix in queues.TASK_QUEUE_SUFFIXES:
+                name = queues.task_queue(tid, suffix)
+                if suffix != queues.OUTBOX or include_unread:
+                    self.broker.delete_queue(name)
+                self.broker.forget(name)
+            for spilled in self.ctx.outputs_dir.glob(f"{tid}.*"):
+                spilled.unlink(missing_ok=True)
+        forget(self.broker, doomed)
+        with self.broker.connection() as conn:
+            conn.vacuum()
+        return {"pruned_tasks": len(doomed), "pruned_events": len(event_ids), "kept_unread": kept_unread}
 
     # -- manager -----------------------------------------------------------------------
 

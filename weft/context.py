@@ -30,6 +30,19 @@ ENV_CONTEXT = "WEFT_CONTEXT"
 DEFAULT_IDLE_TIMEOUT = 600.0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '30s', '15m', '12h', '7d', '2w' -> seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise UsageError(f"invalid duration {text!r}: use e.g. 30s, 15m, 12h, 7d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -55,6 +68,16 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _env_retention() -> float | None:
+    raw = os.environ.get("WEFT_RETENTION", "").strip()
+    if not raw or raw.lower() in ("off", "none", "never"):
+        return None
+    try:
+        return parse_duration(raw)
+    except UsageError:
+        raise UsageError(f"WEFT_RETENTION={raw!r} is not a duration (e.g. 7d, 12h)") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Run-time knobs, read once per process from the environment."""
@@ -62,6 +85,7 @@ class Settings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     manager_reuse: bool = True
     autostart: bool = True
+    retention: float | None = None  # finished tasks older than this are pruned by the manager
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,6 +93,7 @@ class Settings:
             idle_timeout=_env_float("WEFT_MANAGER_LIFETIME_TIMEOUT", DEFAULT_IDLE_TIMEOUT),
             manager_reuse=_env_bool("WEFT_MANAGER_REUSE_ENABLED", True),
             autostart=_env_bool("WEFT_AUTOSTART_TASKS", True),
+            retention=_env_retention(),
         )
 
 

@@ -35,6 +35,7 @@ LOCK_FILE = "manager.lock"
 LOG_FILE = "manager.log"
 REAP_INTERVAL = 0.1  # how often to look at task processes while some run
 STOP_GRACE = float(os.environ.get("WEFT_MANAGER_STOP_GRACE", "10"))
+PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 FAULT_ENV = "WEFT_TEST_FAULT"  # test-only fault injection; see docs/reliability.md
 
 
@@ -63,6 +64,7 @@ class Manager:
         self._lock_fd: int | None = None
         self.known_records: dict[str, events.TaskRecord] = {}
         self.waiter: Activity | None = None
+        self.next_prune = 0.0
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -151,7 +153,9 @@ class Manager:
                 moved = self.broker.move_all(name, queues.SPAWN_REQUESTS)
                 log.info("gave back %d claimed request(s) of dead manager %s", moved, owner)
         live_hosts = {e.host for e in registry.live_entries(self.broker)}
-        records = events.fold(event for _, event in events.read_events(self.broker))
+        from weft.state import current_records
+
+        records = current_records(self.broker)
         self.known_records = records
         for record in records.values():
             if record.status not in (events.RUNNING, events.PAUSED):
@@ -214,6 +218,17 @@ class Manager:
             if not history or history[-1].get("status") not in events.FINAL_STATUSES:
                 settle_lost_task(self.broker, tid, f"task process {pid} vanished")
 
+    def apply_retention(self) -> None:
+        """With WEFT_RETENTION set, prune old finished tasks while idle, at most hourly."""
+        if self.settings.retention is None or time.monotonic() < self.next_prune:
+            return
+        self.next_prune = time.monotonic() + PRUNE_INTERVAL
+        from weft.client import WeftClient
+
+        with WeftClient(self.ctx) as client:
+            summary = client.prune(older_than=self.settings.retention)
+        log.info("retention: %s", summary)
+
     def busy(self) -> bool:
         return bool(self.children or self.adopted)
 
@@ -252,6 +267,8 @@ class Manager:
                 if new_state != state:
                     state = new_state
                     _set_title(self.ctx, self.entry.manager_id, state)
+                if not self.busy():
+                    self.apply_retention()
                 if self.should_exit() and self._exit_safely():
                     break
                 timeout = next_beat - now

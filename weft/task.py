@@ -410,9 +410,8 @@ class TaskProcess:
             status, return_code, error = events.FAILED, LIMIT_EXIT_CODE, violation.message
         requeue = status != events.COMPLETED and spec.spec.reserved_policy == "requeue"
         if not requeue:
-            self._write_result(
-                status, return_code, out, err, error, value, is_function=spec.spec.type == "function"
-            )
+            is_function = spec.spec.type == "function"
+            self._write_result(status, return_code, out, err, error, value, is_function=is_function)
         event = {
             events.COMPLETED: events.WORK_COMPLETED,
             events.TIMEOUT: events.WORK_TIMEOUT,
@@ -426,9 +425,11 @@ class TaskProcess:
             metrics=monitor.metrics() if monitor is not None else None,
             **(violation.detail() if violation is not None else {}),
         )
-        apply_reserved_policy(self.broker, self.tid, spec.spec.reserved_policy, success=status == events.COMPLETED)
+        success = status == events.COMPLETED
+        apply_reserved_policy(self.broker, self.tid, spec.spec.reserved_policy, success=success)
         if spec.spec.cleanup_on_exit:
-            for name in (queues.inbox(self.tid), queues.ctrl_in(self.tid), queues.ctrl_out(self.tid)):
+            tid = self.tid
+            for name in (queues.inbox(tid), queues.ctrl_in(tid), queues.ctrl_out(tid)):
                 self.broker.delete_queue(name)
 
 

@@ -217,7 +217,7 @@ class WeftTools:
             step = f"the task ended {status}: see error and stderr"
         if consumed:
             step += "; the result was removed from the outbox (results are read once)"
-        else:
+        elif not self.policy.read_only:
             step += "; the result is still stored: get_result with peek=false removes it"
         return TaskOutcome(
             tid=tid,
@@ -253,7 +253,8 @@ class WeftTools:
             status=record.status,
             finished=False,
             next_step=f"still {record.status} after {waited:g}s: call get_result with "
-            f"tid={short(tid)} (and wait_seconds) later, or stop_task to end it",
+            f"tid={short(tid)} (and wait_seconds) later"
+            + ("" if self.policy.read_only else ", or stop_task to end it"),
         )
 
     async def _wait_for_result(
@@ -266,14 +267,20 @@ class WeftTools:
         while True:
             remaining = max(0.0, deadline - anyio.current_time())
             timeout = 0.0 if final_checked else min(self.slice, remaining)
-            try:
-                result = await self._run(self.client.result, tid, timeout=timeout, peek=peek)
+            try:  # peek while waiting: a call cancelled mid-wait must not lose the result
+                result = await self._run(self.client.result, tid, timeout=timeout, peek=True)
             except WaitTimeout:
                 pass
             except NotFoundError:  # the task ended and its result was read before
                 return self._unfinished(await self._run(self.client.task, tid), 0)
             else:
-                return self._outcome(tid, result, consumed=not peek, max_chars=max_chars)
+                if peek:
+                    return self._outcome(tid, result, consumed=False, max_chars=max_chars)
+                try:
+                    result = await self._run(self.client.result, tid, timeout=0.0)
+                except (WaitTimeout, NotFoundError):  # someone else took it just now
+                    return self._unfinished(await self._run(self.client.task, tid), 0)
+                return self._outcome(tid, result, consumed=True, max_chars=max_chars)
             record = await self._run(self.client.task, tid)
             elapsed = anyio.current_time() - start
             if record.is_final and not final_checked:
@@ -532,8 +539,11 @@ class WeftTools:
         self, ctx: Ctx, tid: str, command: str, wait_seconds: float
     ) -> ControlOutcome:
         full = await self._run(self.client.resolve_tid, tid)
+        before = await self._run(self.client.task, full)
+        # A pending task answers only once it starts: do not wait long for its reply.
+        answer_within = 0.5 if before.status == events.PENDING else 5.0
         try:
-            await self._run(self.client.control, full, command)
+            await self._run(self.client.control, full, command, timeout=answer_within)
             acknowledged = True
         except NotFoundError as exc:  # it is not running
             raise ToolError(
@@ -638,13 +648,12 @@ class WeftTools:
                 break
         return got
 
-    def _read_one_waiting(self, name: str, seconds: float) -> list[QueueMessage]:
-        """The next message to arrive within ``seconds`` (consumed), or nothing."""
-        stream = self.client.queue.watch(name, timeout=seconds)
+    def _wait_for_message(self, name: str, seconds: float) -> bool:
+        """Whether a message is (or arrives) in ``name`` within ``seconds``; consumes nothing,
+        so a call cancelled while it waits loses no message."""
+        stream = self.client.queue.watch(name, peek=True, timeout=seconds)
         try:
-            return [next(stream)]
-        except StopIteration:
-            return []
+            return next(stream, None) is not None
         finally:
             stream.close()
 
@@ -673,9 +682,8 @@ class WeftTools:
                 break
             if elapsed > 0:
                 await ctx.report_progress(elapsed, wait, f"waiting for a message on {name}")
-            got = await self._run(self._read_one_waiting, name, min(self.slice, wait - elapsed))
-            if got and max_messages > 1:
-                got += await self._run(self._read_up_to, name, max_messages - 1)
+            if await self._run(self._wait_for_message, name, min(self.slice, wait - elapsed)):
+                got = await self._run(self._read_up_to, name, max_messages)
         if not got:
             waited = f" (waited {wait:g}s)" if wait else ""
             raise ToolError(

@@ -47,11 +47,12 @@ def _root(
 
 
 def _register() -> None:
-    from weft.cli import init_cmd, queue_cmd, task_cmds
+    from weft.cli import init_cmd, queue_cmd, system_cmd, task_cmds
 
     init_cmd.register(app)
     task_cmds.register(app)
     queue_cmd.register(app)
+    system_cmd.register(app)
 
 
 _register()
