@@ -200,6 +200,12 @@ def test_function_tasks(weft: Weft, project: Path) -> None:
 
             def bail():
                 os._exit(3)
+
+            def post(queue, text):
+                from weft.client import WeftClient
+
+                with WeftClient.open() as client:
+                    return client.queue.write(queue, text)
             """
         )
     )
@@ -214,6 +220,10 @@ def test_function_tasks(weft: Weft, project: Path) -> None:
     assert not [f for f in fds if "broker.db" in f], fds
     r = weft("run", "--function", "jobs:bail")
     assert r.returncode == 3 and "without returning" in r.stderr
+    # A function may use Weft itself: no SQLite state of the task process crosses the fork.
+    r = weft("run", "--function", "jobs:post", "--arg", "notes", "--arg", "from a task")
+    assert r.returncode == 0, r.stderr
+    assert queue_bodies(project, "notes") == ["from a task"]
     r = weft("run", "--function", "nosuchmodule:f")
     assert r.returncode == 1 and "nosuchmodule" in r.stderr
 

@@ -117,6 +117,7 @@ def test_memory_limit_stops_the_task_before_it_doubles(
     assert "survived" not in (result.get("output") or "")
 
     event = _violation(weft, result["tid"])
+    print(f"memory violation: {event['error']} ({event['metrics']})")
     assert event["limit"] == "memory_mb"
     assert event["threshold"] == 100
     # Seen above the limit, but stopped well before 200 MB (it grows 500 MB/s).
@@ -129,6 +130,7 @@ def test_memory_limit_stops_the_task_before_it_doubles(
     progress = [line.split() for line in result.get("stderr", "").splitlines()]
     crossed = [float(t) for t, mb in progress if int(mb) >= 90]
     assert crossed, result.get("stderr")
+    print(f"killed {event['timestamp'] / 1e9 - crossed[0]:.3f} s after it held 90 MB")
     assert event["timestamp"] / 1e9 - crossed[0] < 1.0
     assert max(int(mb) for _, mb in progress) < 200
 

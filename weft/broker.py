@@ -61,19 +61,22 @@ class Broker:
             self._queues = {}
             self._pid = os.getpid()
         handle = self._queues.get(name)
-        if handle is None:
-            from simplebroker import Queue
+        if handle is not None:
+            return handle
+        from simplebroker import Queue
 
-            try:
-                handle = Queue(
-                    name,
-                    db_path=self.ctx.broker_target,
-                    persistent=self._persistent,
-                    config=self.ctx.broker_config,
-                )
-            except Exception as exc:
-                raise _queue_error(exc) from exc
-            with self._lock:
+        with self._lock:  # one handle per name, even when threads race to create it
+            handle = self._queues.get(name)
+            if handle is None:
+                try:
+                    handle = Queue(
+                        name,
+                        db_path=self.ctx.broker_target,
+                        persistent=self._persistent,
+                        config=self.ctx.broker_config,
+                    )
+                except Exception as exc:
+                    raise _queue_error(exc) from exc
                 self._queues[name] = handle
         return handle
 

@@ -206,8 +206,10 @@ class WeftClient:
                 now = time.monotonic()
                 if now >= next_manager_check:
                     next_manager_check = now + MANAGER_CHECK_SECONDS
-                    if tid in self._pending_requests():
-                        self.ensure_manager()
+                    # Not only for a pending request: a task whose process died while no
+                    # manager lived is settled by the next manager's recovery, so without
+                    # one we would wait for its result forever.
+                    self.ensure_manager()
                 if deadline is not None and now >= deadline:
                     record = self.task(tid)
                     raise WaitTimeout(
@@ -225,8 +227,7 @@ class WeftClient:
             last = history[-1]
             raise NotFoundError(
                 f"the result of task {short(tid)} was already read (status {last.get('status')}, "
-                f"return code {last.get('return_code')}); results are read once, use --peek "
-                "to read without consuming"
+                f"return code {last.get('return_code')}); results are read once unless peeked"
             )
 
     def all_results(self, *, peek: bool = False) -> list[dict[str, Any]]:

@@ -127,7 +127,10 @@ class WeftContext:
 
     @property
     def backend(self) -> str:
-        return str(self.config.get("backend", "sqlite"))
+        """``sqlite`` or ``postgres``: ``WEFT_BACKEND``, else the config file (weft.backends)."""
+        from weft.backends import backend_name
+
+        return backend_name(self.config)
 
     @cached_property
     def broker_config(self) -> Config:
@@ -141,9 +144,10 @@ class WeftContext:
         """The one place that decides which database the project's queues live in."""
         if self.backend == "sqlite":
             return str(self.weft_dir / BROKER_FILE)
-        if self.backend == "postgres":
-            raise WeftError("the postgres backend is not available yet (see the scale-out issue)")
-        raise WeftError(f"unknown backend {self.backend!r} in {self.weft_dir / CONFIG_FILE}")
+        from weft.backends import postgres_settings, postgres_target
+
+        settings = postgres_settings(self.config, config_path=str(self.weft_dir / CONFIG_FILE))
+        return postgres_target(settings)
 
     def to_env(self) -> dict[str, str]:
         """Environment that points a child process at this same project."""
@@ -191,23 +195,31 @@ def _explicit_root(explicit: str | Path | None) -> Path | None:
 def init_project(
     directory: Path, *, autostart: bool = True, config: dict[str, Any] | None = None
 ) -> tuple[WeftContext, bool]:
-    """Create ``.weft/`` in ``directory`` (or complete an existing one). Returns (ctx, created)."""
+    """Create ``.weft/`` in ``directory`` (or complete an existing one). Returns (ctx, created).
+
+    ``config`` entries override the stored ones (a ``None`` value removes one). A PostgreSQL
+    backend is checked (DSN, server, database) before anything is written.
+    """
     weft_dir = directory / WEFT_DIR
     created = not weft_dir.exists()
+    config_path = weft_dir / CONFIG_FILE
+    existing = _read_config(weft_dir)
+    changed = not config_path.exists() or bool(config and config != existing)
+    if changed:
+        merged = {"version": 1, "backend": "sqlite", **existing, **(config or {})}
+        existing = {k: v for k, v in merged.items() if v is not None}
+    ctx = WeftContext(root=directory.resolve(), config=existing)
+    if ctx.backend != "sqlite":
+        ctx.broker_target  # noqa: B018 - reach the server before writing anything
     weft_dir.mkdir(parents=True, exist_ok=True)
     for sub in SUBDIRS:
         (weft_dir / sub).mkdir(exist_ok=True)
     if autostart:
         (weft_dir / AUTOSTART_DIR).mkdir(exist_ok=True)
-    config_path = weft_dir / CONFIG_FILE
-    existing = _read_config(weft_dir)
-    if not config_path.exists() or (config and config != existing):
-        merged = {"version": 1, "backend": "sqlite", **existing, **(config or {})}
+    if changed:
         tmp = config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(existing, indent=2) + "\n", encoding="utf-8")
         tmp.replace(config_path)
-        existing = merged
-    ctx = WeftContext(root=directory.resolve(), config=existing)
     from weft.broker import Broker
 
     with Broker(ctx) as broker:

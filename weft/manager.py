@@ -94,7 +94,7 @@ class Manager:
 
     def start_fork_server(self) -> None:
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["weft.task", "weft.manager"])
+        mp.set_forkserver_preload(["weft.task", "weft.manager", "weft.forkserver_prep"])
         from multiprocessing import forkserver
 
         forkserver.ensure_running()

@@ -2,7 +2,9 @@
 
 A manager registers with its PID and host, refreshes a heartbeat, and deregisters on exit.
 Anyone can tell whether a registered manager is alive: on this host by looking at the
-process itself (its title starts with ``weft-``), elsewhere by the heartbeat's age.
+process itself (its title starts with ``weft-``), elsewhere by the heartbeat's age: a
+manager on another host is dead once it missed ``STALE_BEATS`` of its own heartbeats (each
+entry records its interval, so hosts with different ``WEFT_HEARTBEAT_SECONDS`` agree).
 """
 
 from __future__ import annotations
@@ -19,8 +21,19 @@ from weft import queues
 if TYPE_CHECKING:
     from weft.broker import Broker
 
-HEARTBEAT_SECONDS = 5.0
-STALE_AFTER = 4 * HEARTBEAT_SECONDS
+
+def _heartbeat_seconds() -> float:
+    raw = os.environ.get("WEFT_HEARTBEAT_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else 5.0
+    except ValueError:
+        return 5.0
+    return value if value > 0 else 5.0
+
+
+HEARTBEAT_SECONDS = _heartbeat_seconds()  # WEFT_HEARTBEAT_SECONDS; tests make it short
+STALE_BEATS = 4  # a remote manager is dead after missing this many heartbeats
+STALE_AFTER = STALE_BEATS * HEARTBEAT_SECONDS
 
 
 def host_name() -> str:
@@ -62,6 +75,7 @@ class ManagerEntry:
     heartbeat: int
     idle_timeout: float
     context: str
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
 
     @classmethod
     def parse(cls, message_id: int, body: str) -> ManagerEntry | None:
@@ -76,6 +90,7 @@ class ManagerEntry:
                 heartbeat=int(data["heartbeat"]),
                 idle_timeout=float(data.get("idle_timeout", 0)),
                 context=str(data.get("context", "")),
+                heartbeat_seconds=float(data.get("heartbeat_seconds") or HEARTBEAT_SECONDS),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -89,13 +104,19 @@ class ManagerEntry:
             "heartbeat": self.heartbeat,
             "idle_timeout": self.idle_timeout,
             "context": self.context,
+            "heartbeat_seconds": self.heartbeat_seconds,
         }
         return json.dumps(data)
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which a manager elsewhere counts as dead."""
+        return STALE_BEATS * max(self.heartbeat_seconds, 0.05)
 
     def is_alive(self) -> bool:
         if self.host == host_name():
             return pid_is_weft(self.pid, "manager")
-        return time.time_ns() - self.heartbeat < STALE_AFTER * 1e9
+        return time.time_ns() - self.heartbeat < self.stale_after * 1e9
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +126,8 @@ class ManagerEntry:
             "started": self.started,
             "heartbeat": self.heartbeat,
             "idle_timeout": self.idle_timeout,
+            "context": self.context,
+            "heartbeat_age": round(max(0, time.time_ns() - self.heartbeat) / 1e9, 3),
             "alive": self.is_alive(),
         }
 

@@ -124,6 +124,10 @@ class TaskProcess:
                 fn_spec = spec.spec
                 if item is not None:
                     fn_spec = fn_spec.model_copy(update={"args": [item, *fn_spec.args]})
+                # SQLite state must not cross a fork: a function that opens the broker in
+                # the child would hang on the parent's inherited locks. Close every handle
+                # first; ours reopen on next use.
+                self.broker.close()
                 self.target = runner.start_function(fn_spec, env=env, sink=sink)
         except FileNotFoundError:
             program = (spec.spec.process_target or ["?"])[0]

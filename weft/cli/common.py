@@ -23,13 +23,18 @@ _state: dict[str, Any] = {"context": None}
 
 
 def _plain_params_without_pydantic() -> None:
-    """Keep pydantic out of start-up: coerce plain text and flag parameters without it.
+    """Keep pydantic out of start-up: coerce plain CLI parameters without it.
 
-    Typer >= 0.2x builds a pydantic TypeAdapter for every parameter it coerces when a command
-    runs, which imports pydantic (~40-60 ms) even for ``weft queue write q x``. ``str`` and
-    ``bool`` parameters need nothing beyond click's parsing, so they get a plain coercion
-    here; every other type keeps Typer's own. If Typer's internals change, this does nothing.
+    Typer 0.29 builds a pydantic TypeAdapter for every parameter it coerces when a command
+    runs, which imports pydantic (~40-60 ms) on every call. Our parameters are plain text,
+    flags, numbers, paths and lists or optionals of those, which need nothing beyond a
+    conversion; they get that here, and any other type keeps Typer's own. This touches Typer
+    internals (hence the pinned Typer range in pyproject); if they differ, it does nothing.
     """
+    import types
+    import typing
+    from pathlib import Path
+
     try:
         from dataclasses import dataclass
 
@@ -43,18 +48,46 @@ def _plain_params_without_pydantic() -> None:
         return
     truthy = {"1", "true", "t", "yes", "y", "on"}
     falsy = {"0", "false", "f", "no", "n", "off"}
+    scalars: tuple[type, ...] = (str, bool, int, float, Path)
 
-    @dataclass(frozen=True)
-    class _Plain(base):  # type: ignore[misc, valid-type]
-        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            if isinstance(value, bytes):
-                value = value.decode(sys.getfilesystemencoding(), "surrogateescape")
-            if self.annotation is str or isinstance(value, bool):
-                return str(value) if self.annotation is str else value
+    def inner(annotation: Any) -> tuple[Any, bool] | None:
+        """(scalar type, is a list) for the annotations we convert ourselves, else None."""
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+            return inner(rest[0]) if len(rest) == 1 else None
+        if origin in (list, tuple):
+            args = typing.get_args(annotation)
+            if len(args) == 1 and args[0] in scalars:
+                return args[0], True
+            return None
+        return (annotation, False) if annotation in scalars else None
+
+    def convert(kind: Any, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, bytes):
+            value = value.decode(sys.getfilesystemencoding(), "surrogateescape")
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
             text = str(value).strip().lower()
             if text in truthy or text in falsy:
                 return text in truthy
             raise BadParameter(f"{value!r} is not a boolean", ctx=ctx, param=param)
+        if kind in (int, float):
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                word = "an integer" if kind is int else "a number"
+                raise BadParameter(f"{value!r} is not {word}", ctx=ctx, param=param) from None
+        return kind(value)
+
+    @dataclass(frozen=True)
+    class _Plain(base):  # type: ignore[misc, valid-type]
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            kind, many = inner(self.annotation) or (str, False)
+            if many:
+                return [convert(kind, item, param, ctx) for item in value]
+            return convert(kind, value, param, ctx)
 
     original = param_cls.get_runtime_param
 
@@ -63,7 +96,7 @@ def _plain_params_without_pydantic() -> None:
         if (
             getattr(self, "_runtime_param", None) is None
             and desc is not None
-            and desc.annotation in (str, bool)
+            and inner(desc.annotation) is not None
             and desc.file_annotation is None
             and desc.parameter_info.parser is None
         ):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from weft.cli import common
 from weft.cli.common import handle_errors
-from weft.errors import WeftError
+from weft.errors import UsageError, WeftError
 
 
 def register(app: typer.Typer) -> None:
@@ -35,13 +36,33 @@ def init(
         "--autostart/--no-autostart",
         help="Create .weft/autostart/ for task templates the manager launches on start.",
     ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        metavar="sqlite|postgres",
+        help="Where the queues live: sqlite (.weft/broker.db, default) or postgres (shared "
+        "by managers on several hosts).",
+    ),
+    dsn: str | None = typer.Option(
+        None,
+        "--dsn",
+        metavar="URL",
+        help="PostgreSQL database, postgresql://user@host:port/db (implies --backend postgres). "
+        "No password here: set PGPASSWORD or WEFT_PG_PASSWORD.",
+    ),
+    schema: str | None = typer.Option(
+        None, "--schema", help="PostgreSQL schema for Weft's tables (default: weft)."
+    ),
 ) -> None:
     """Create a weft project (.weft/) here, or in --context DIR.
 
     Safe to run again: an existing project keeps everything it holds. Inside an existing
     project (a .weft/ above), nothing is created.
+
+    Several hosts share work through one PostgreSQL database (see docs/scale-out.md):
+      weft init --backend postgres --dsn postgresql://weft@db.example:5432/weft
     """
-    from weft.context import WEFT_DIR, _explicit_root, find_root, init_project
+    from weft.context import WEFT_DIR, _explicit_root, _read_config, find_root, init_project
 
     target = _explicit_root(common._state["context"]) or Path.cwd().resolve()
     existing = find_root(target)
@@ -51,12 +72,61 @@ def init(
             "(use --context DIR to name another directory)"
         )
         return
-    ctx, created = init_project(target, autostart=autostart)
+    keys = ("backend", "dsn", "schema")
+    before = {k: v for k, v in _read_config(target / WEFT_DIR).items() if k in keys}
+    config = _backend_config(target / WEFT_DIR, backend, dsn, schema)
+    ctx, created = init_project(target, autostart=autostart, config=config)
+    after = {k: v for k, v in ctx.config.items() if k in keys}
     where = _shown(ctx.weft_dir)
+    using = ""
+    if ctx.backend != "sqlite":
+        from weft.backends import postgres_settings
+
+        settings = postgres_settings(ctx.config, config_path=str(ctx.weft_dir / "config.json"))
+        using = f" (PostgreSQL {settings.display}, schema {settings.schema})"
     if created:
-        print(f"Initialized weft in {where}")
+        print(f"Initialized weft in {where}{using}")
+    elif after != before:
+        print(f"Weft in {where} now uses {using.strip(' ()') or 'SQLite (.weft/broker.db)'}")
     else:
-        print(f"Weft is already initialized in {where} (everything in it is kept)")
+        print(f"Weft is already initialized in {where} (everything in it is kept){using}")
+
+
+def _backend_config(
+    weft_dir: Path, backend: str | None, dsn: str | None, schema: str | None
+) -> dict[str, Any] | None:
+    """The config entries ``--backend/--dsn/--schema`` ask for (None: leave the config as is)."""
+    from weft import backends
+    from weft.context import _read_config
+
+    if backend is None and dsn is None and schema is None:
+        return None
+    stored = _read_config(weft_dir)
+    if backend is not None:
+        name = backends.normalize_backend(backend, source="--backend")
+    elif dsn is not None:
+        name = backends.POSTGRES
+    else:
+        name = backends.backend_name(stored)
+    if name == backends.SQLITE:
+        if dsn is not None or schema is not None:
+            raise UsageError("--dsn and --schema go with --backend postgres")
+        if stored.get("backend", "sqlite") == "sqlite":
+            return None
+        return {"backend": "sqlite", "dsn": None, "schema": None}
+    config: dict[str, Any] = {"backend": "postgres"}
+    if dsn is not None:
+        config["dsn"] = backends.check_dsn(dsn, source="--dsn")
+    elif not stored.get("dsn") and not os.environ.get(backends.ENV_DSN):
+        raise UsageError(
+            "--backend postgres needs --dsn postgresql://user@host:port/database "
+            f"(or {backends.ENV_DSN} in the environment)"
+        )
+    if schema is not None:
+        config["schema"] = backends.check_schema(schema, source="--schema")
+    elif "schema" not in stored:
+        config["schema"] = backends.DEFAULT_SCHEMA
+    return config
 
 
 @handle_errors

@@ -1,0 +1,21 @@
+"""Imported last by the manager's fork server: make forked task processes cheap in memory.
+
+Everything a task process would otherwise load or compute for itself (psutil, the broker's
+backend plugin lookup, its resolved config) is done once here, before the fork, so that the
+pages are shared. Then the garbage collector's view of it all is frozen, so the collector in
+a forked task never touches (and so never copies) those shared pages.
+"""
+
+import contextlib
+import gc
+
+import psutil  # noqa: F401  (used by the resource monitor in every task)
+import simplebroker
+from simplebroker import _backend_plugins
+
+with contextlib.suppress(Exception):
+    _backend_plugins.get_backend_plugin("sqlite")
+    simplebroker.resolve_config()
+
+gc.collect()
+gc.freeze()
