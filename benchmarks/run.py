@@ -136,7 +136,7 @@ def make_rows() -> dict[str, Row]:
         Row("manager_rss", "idle manager RSS", "MB", 40),
         Row("manager_idle_cpu", "idle manager CPU", "% core", 1),
         Row("mcp_round_trip", "MCP run_task + get_result (echo)", "ms", 100),
-        Row("queue_throughput", "queue write + read (API)", "msg/s", 2000, ">="),
+        Row("queue_throughput", "queue write + read (API), slower side", "msg/s", 2000, ">="),
         # Informational: how the figures above move once the task log holds ~1000 tasks.
         Row("status_large", "`weft status` after the throughput rows", "ms"),
         Row("cold_run_large", "cold `weft run echo hi` after the throughput rows", "ms"),
@@ -166,8 +166,14 @@ def weft_command() -> list[str]:
     return [sys.executable, "-m", "weft"]
 
 
-def bench_env() -> dict[str, str]:
+def bench_env(pycache: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEFT_", "BROKER_"))}
+    if pycache is not None:
+        # An installed Weft has its bytecode compiled. A development shell with
+        # PYTHONDONTWRITEBYTECODE=1 recompiles every changed module on each command (~20 ms
+        # for `weft run`): measure the installed case, in a private cache outside the repo.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     # Safety nets only (no effect on the figures): a manager we fail to stop exits by itself
     # after 5 idle minutes, and a stop does not wait 10 s for a task we are abandoning.
@@ -187,6 +193,7 @@ class Project:
         self.env = env
         self.cli = cli
         self.client: Any = None
+        self.extra_clients: list[Any] = []
         (self.root / f"{FUNC_MODULE}.py").write_text(FUNC_SOURCE, encoding="utf-8")
 
     def open_client(self) -> Any:
@@ -197,12 +204,16 @@ class Project:
         return self.client
 
     def close_client(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.close()
-            self.client = None
+        for client in [self.client, *self.extra_clients]:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self.client = None
+        self.extra_clients = []
 
-    def weft(self, *args: str, timeout: float = 60) -> tuple[float, subprocess.CompletedProcess[str]]:
+    def weft(
+        self, *args: str, timeout: float = 60
+    ) -> tuple[float, subprocess.CompletedProcess[str]]:
         start = time.perf_counter()
         proc = subprocess.run(
             [*self.cli, *args],
@@ -247,8 +258,9 @@ class Project:
                         found[child.pid] = child
         return list(found.values())
 
-    def find_titled(self, suffix_re: str) -> list[psutil.Process]:
-        pattern = re.compile(re.escape(self.title_prefix()) + r"\d+" + suffix_re)
+    def find_titled(self, rest_re: str) -> list[psutil.Process]:
+        """Processes titled ``weft-{context}-`` + ``rest_re`` (``{id}:{name}:{status}``)."""
+        pattern = re.compile(re.escape(self.title_prefix()) + rest_re)
         out = []
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = proc.info.get("cmdline") or []
@@ -257,7 +269,7 @@ class Project:
         return out
 
     def managers(self) -> list[psutil.Process]:
-        return self.find_titled(r":manager:\w+")
+        return self.find_titled(r"\d+:manager:\w+")
 
     def wait_no_manager(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -296,10 +308,57 @@ class Project:
 # -- measurements ---------------------------------------------------------------------------
 
 
+PHASES = (
+    "cli_start_to_submit",  # interpreter, imports, TaskSpec, first broker write (the TID)
+    "submit_to_task_initialized",  # manager wake-up (or start), claim, fork, task set-up
+    "task_initialized_to_final_event",  # run `echo`, write the result, log the events
+    "final_event_to_cli_exit",  # the CLI notices the result, prints, exits
+)
+
+
+def timed_run(proj: Project, windows: list[tuple[int, int]]) -> float:
+    """`weft run echo hi`, timed; its wall-clock window goes to ``windows`` for ``phases``."""
+    start = time.time_ns()
+    ms = proj.checked("run", "echo", "hi", expect="hi\n")
+    windows.append((start, time.time_ns()))
+    return ms
+
+
+def phases(proj: Project, windows: list[tuple[int, int]]) -> dict[str, float]:
+    """Median ms of each phase, from the TID (a time_ns-based broker ID) and the task's events.
+
+    A message ID is ``time_ns()`` with its low 12 bits replaced by a counter, so
+    ``tid & ~0xFFF`` is the moment the spawn request was written, on the same clock as
+    ``time.time_ns()`` here and the ``timestamp`` of every event.
+    """
+    records = proj.open_client().tasks()
+    by_time = sorted((int(tid) & ~0xFFF, rec) for tid, rec in records.items() if str(tid).isdigit())
+    found: dict[str, list[float]] = {name: [] for name in PHASES}
+    for start, end in windows:
+        inside = [(t, rec) for t, rec in by_time if start <= t <= end]
+        if len(inside) != 1:
+            continue
+        submitted, rec = inside[0]
+        created = getattr(rec, "created_at", None)
+        finished = getattr(rec, "finished_at", None)
+        if not created or not finished:
+            continue
+        for name, value in zip(
+            PHASES,
+            (submitted - start, created - submitted, finished - created, end - finished),
+            strict=True,
+        ):
+            found[name].append(value / 1e6)
+    return {name: round(statistics.median(v), 1) for name, v in found.items() if v}
+
+
 def bench_warm(proj: Project, rows: dict[str, Row], n: int) -> None:
     proj.checked("run", "echo", "hi", expect="hi\n")  # starts the manager; not timed
     row = rows["warm_run"]
-    row.set_samples([proj.checked("run", "echo", "hi", expect="hi\n") for _ in range(n)])
+    windows: list[tuple[int, int]] = []
+    row.set_samples([timed_run(proj, windows) for _ in range(n)])
+    with contextlib.suppress(Exception):
+        row.extra["phases_ms"] = phases(proj, windows)
 
 
 def bench_nowait(proj: Project, rows: dict[str, Row], n: int) -> None:
@@ -309,7 +368,9 @@ def bench_nowait(proj: Project, rows: dict[str, Row], n: int) -> None:
         ms, proc = proj.weft("run", "--no-wait", "echo", "hi")
         tid = proc.stdout.strip()
         if proc.returncode != 0 or not tid.isdigit():
-            raise RuntimeError(f"--no-wait gave exit {proc.returncode}: {proc.stdout!r} {proc.stderr!r}")
+            raise RuntimeError(
+                f"--no-wait gave exit {proc.returncode}: {proc.stdout!r} {proc.stderr!r}"
+            )
         samples.append(ms)
         client.result(tid, timeout=30)  # let it finish before the next sample (not timed)
     rows["nowait_run"].set_samples(samples)
@@ -329,18 +390,34 @@ def bench_cold(proj: Project, row: Row, n: int) -> None:
     if not (proj.root / ".weft").is_dir():
         proj.checked("run", "echo", "hi", expect="hi\n")  # creates the project: not timed
     samples = []
+    windows: list[tuple[int, int]] = []
     for _ in range(n):
         proj.weft("manager", "stop", timeout=60)
         proj.wait_no_manager()
-        samples.append(proj.checked("run", "echo", "hi", expect="hi\n"))
+        samples.append(timed_run(proj, windows))
     row.set_samples(samples)
+    with contextlib.suppress(Exception):
+        row.extra["phases_ms"] = phases(proj, windows)
     row.extra["tasks_in_log"] = _task_count(proj)
+
+
+def weft_cpu_seconds(proj: Project) -> float:
+    """CPU used so far by this process, the project's managers, their fork servers and every
+    task process they reaped (the fork server is the parent of task processes)."""
+    total = sum(os.times()[:2])
+    for manager in proj.managers():
+        with contextlib.suppress(psutil.Error):
+            for proc in (manager, *manager.children()):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def bench_throughput(
     proj: Project, row: Row, n: int, deadline_s: float, submit: Callable[[Any, int], str]
 ) -> None:
     client = proj.open_client()
+    cpu_before = weft_cpu_seconds(proj)
     start = time.perf_counter()
     tids = [submit(client, i) for i in range(n)]
     submitted = time.perf_counter()
@@ -360,8 +437,10 @@ def bench_throughput(
         if result.get("status") != "completed":
             failed += 1
         if done % 50 == 1:
-            peak = max(peak, len(proj.find_titled(r":[^:]+:running")))
+            peak = max(peak, len(proj.find_titled(r"\d+:[^:]+:running")))
     elapsed = time.perf_counter() - start
+    time.sleep(0.2)  # let the last task processes exit and be reaped: their CPU counts
+    cpu_used = weft_cpu_seconds(proj) - cpu_before
     row.value = round(done / elapsed, 1)
     row.status = "ok"
     row.extra.update(
@@ -372,6 +451,8 @@ def bench_throughput(
         submit_rate_per_s=round(n / (submitted - start), 1),
         submit_ms_each=round((submitted - start) * 1000 / n, 2),
         running_tasks_sampled_peak=peak,
+        cpu_ms_per_task=round(1000 * cpu_used / max(done, 1), 1),
+        note_cpu="client + manager + fork server + reaped task processes (and their children)",
     )
     if done < n:
         row.note = row.note or f"only {done}/{n} finished"
@@ -403,33 +484,35 @@ def bench_task_memory(proj: Project, row: Row, seconds: int) -> None:
 
     client = proj.open_client()
     tid = client.run(["sleep", str(seconds)])
+    suffix = re.escape(short(tid)) + r":sleep:running"
+
+    def find() -> psutil.Process | None:
+        # Between fork and exec, the task's `sleep` child briefly carries the task's title:
+        # take the process whose child is `sleep`, i.e. the task process itself.
+        for proc in proj.find_titled(suffix):
+            with contextlib.suppress(psutil.Error):
+                if any(c.name() == "sleep" for c in proc.children()):
+                    return proc
+        return None
+
     deadline = time.monotonic() + 15
-    found: list[psutil.Process] = []
-    pattern = re.escape(short(tid)) + r":sleep:running"
-    title_re = re.compile(re.escape(f"weft-{proj.name}-") + pattern)
-    while time.monotonic() < deadline and not found:
-        found = [
-            p
-            for p in psutil.process_iter(["pid", "cmdline"])
-            if (p.info.get("cmdline") or [""])[0].strip() and title_re.fullmatch(
-                (p.info.get("cmdline") or [""])[0].strip()
-            )
-        ]
-        if not found:
-            time.sleep(0.02)
-    if not found:
+    proc = find()
+    while proc is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        proc = find()
+    if proc is None:
         row.status = "error"
         row.note = f"no process titled weft-{proj.name}-{short(tid)}:sleep:running within 15 s"
         client.result(tid, timeout=seconds + 30)
         return
-    proc = found[0]
     time.sleep(0.3)  # let it settle into its wait loop
+    proc = find() or proc
     info = proc.memory_full_info()
     row.value = _mb(info.uss)
     row.status = "ok"
     row.extra.update(
         pid=proc.pid,
-        title=proc.cmdline()[0],
+        title=proc.cmdline()[0].strip(),
         rss_mb=_mb(info.rss),
         pss_mb=_mb(getattr(info, "pss", 0)),
         threads=proc.num_threads(),
@@ -444,7 +527,7 @@ def bench_task_memory(proj: Project, row: Row, seconds: int) -> None:
 def _wait_idle_manager(proj: Project, timeout: float = 15) -> psutil.Process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        idle = proj.find_titled(r":manager:idle")
+        idle = proj.find_titled(r"\d+:manager:idle")
         if idle:
             return idle[0]
         time.sleep(0.05)
@@ -453,7 +536,7 @@ def _wait_idle_manager(proj: Project, timeout: float = 15) -> psutil.Process:
 
 def bench_manager_idle(proj: Project, rows: dict[str, Row], seconds: float) -> None:
     manager = _wait_idle_manager(proj)
-    time.sleep(1.0)  # the poll interval backs off to its maximum within ~0.1 s
+    time.sleep(min(1.0, seconds))  # the poll interval backs off to its maximum within ~0.1 s
     manager = _wait_idle_manager(proj)
     servers = [c for c in manager.children() if "forkserver" in " ".join(c.cmdline())]
     info = manager.memory_full_info()
@@ -509,43 +592,62 @@ def bench_queue(proj: Project, row: Row, n: int) -> None:
     for _ in range(n):
         read()
     t2 = time.perf_counter()
-    row.value = round(n / (t2 - t0), 1)
+    write_rate, read_rate = n / (t1 - t0), n / (t2 - t1)
+    # A queue between a producer and a consumer moves messages at the pace of the slower side.
+    row.value = round(min(write_rate, read_rate), 1)
     row.status = "ok"
-    row.note = "one message written then read, one call each"
+    row.note = "the slower of write and read, one message per call (serial: see extra)"
     row.extra.update(
         n=n,
         via=via,
-        write_per_s=round(n / (t1 - t0), 1),
-        read_per_s=round(n / (t2 - t1), 1),
+        body_bytes=len(body),
+        write_per_s=round(write_rate, 1),
+        read_per_s=round(read_rate, 1),
+        serial_write_then_read_per_s=round(n / (t2 - t0), 1),
     )
 
 
 # -- MCP ------------------------------------------------------------------------------------
 
 
-def _find_mcp_server() -> tuple[Any, str]:
+def _find_mcp_server(proj: Project) -> tuple[Any, str]:
     import importlib
+    import inspect
 
     try:
         module = importlib.import_module("weft_mcp.server")
     except Exception as exc:
         raise LookupError(f"weft_mcp.server not importable: {type(exc).__name__}: {exc}") from None
+    server_cls: type | None
     try:
-        from mcp.server import MCPServer
+        from mcp.server import MCPServer as server_cls
     except Exception:  # pragma: no cover - another SDK
-        MCPServer = None  # noqa: N806
+        server_cls = None
     for name in ("server", "mcp", "app"):
         obj = getattr(module, name, None)
-        if obj is not None and (MCPServer is None or isinstance(obj, MCPServer)):
+        if obj is not None and (server_cls is None or isinstance(obj, server_cls)):
             return obj, f"weft_mcp.server.{name}"
-    if MCPServer is not None:
+    if server_cls is not None:
         for name, obj in vars(module).items():
-            if isinstance(obj, MCPServer):
+            if isinstance(obj, server_cls):
                 return obj, f"weft_mcp.server.{name}"
-    for name in ("create_server", "build_server", "make_server", "get_server"):
+    for name in ("build_server", "create_server", "make_server", "get_server"):
         factory = getattr(module, name, None)
-        if callable(factory):
+        if not callable(factory):
+            continue
+        params = [
+            p
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if not params:
             return factory(), f"weft_mcp.server.{name}()"
+        if len(params) == 1 and params[0].name == "client":
+            from weft.client import WeftClient
+
+            # Its own client (not the benchmark's): the server may use it from worker threads.
+            proj.extra_clients.append(WeftClient.open(proj.root))
+            return factory(proj.extra_clients[-1]), f"weft_mcp.server.{name}(client)"
     raise LookupError("weft_mcp.server exposes no MCPServer object or factory")
 
 
@@ -555,7 +657,13 @@ def _props(tool: Any) -> tuple[dict[str, Any], list[str]]:
 
 
 def _accepts(prop: dict[str, Any], kind: str) -> bool:
-    return f'"{kind}"' in json.dumps(prop)
+    """Whether a JSON-schema property accepts ``kind`` at its top level (not in its items)."""
+    options = [prop, *prop.get("anyOf", []), *prop.get("oneOf", [])]
+    for option in options:
+        declared = option.get("type")
+        if declared == kind or (isinstance(declared, list) and kind in declared):
+            return True
+    return False
 
 
 def _tool_payload(result: Any) -> Any:
@@ -587,9 +695,11 @@ async def _mcp_samples(server: Any, n: int) -> tuple[list[float], dict[str, Any]
         if "command" not in run_props:
             raise LookupError(f"run_task takes no 'command' (takes {sorted(run_props)})")
         command = run_props["command"]
-        run_args["command"] = "echo hi" if _accepts(command, "string") else ["echo", "hi"]
+        run_args["command"] = ["echo", "hi"] if _accepts(command, "array") else "echo hi"
         if "wait" in run_props:
             run_args["wait"] = False
+        if "wait_seconds" in run_props:
+            run_args["wait_seconds"] = 0  # return the TID at once: get_result does the waiting
         missing = [r for r in run_required if r not in run_args]
         if missing:
             raise LookupError(f"run_task requires {missing}, which the benchmark cannot guess")
@@ -608,6 +718,8 @@ async def _mcp_samples(server: Any, n: int) -> tuple[list[float], dict[str, Any]
                 res_args["timeout"] = 30
             if "wait" in res_props:
                 res_args["wait"] = True
+            if "wait_seconds" in res_props:
+                res_args["wait_seconds"] = 30
             missing = [r for r in res_required if r not in res_args]
             if missing:
                 raise LookupError(f"get_result requires {missing}")
@@ -629,7 +741,7 @@ def bench_mcp(proj: Project, row: Row, n: int) -> None:
     os.chdir(proj.root)
     try:
         try:
-            server, where = _find_mcp_server()
+            server, where = _find_mcp_server(proj)
         except LookupError as exc:
             row.status = "skipped"
             row.note = f"not available yet ({exc})"
@@ -739,16 +851,36 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def run(mode: str, json_out: Path, keep: bool = False) -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        proc = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        )
+        return proc.stdout.rstrip("\n")
+
+    try:
+        return {
+            "head": git("rev-parse", "--short", "HEAD"),
+            "modified": [
+                line[3:] for line in git("status", "--short").splitlines() if line[:2].strip()
+            ],
+        }
+    except Exception:
+        return {}
+
+
+def run(
+    mode: str, json_out: Path, keep: bool = False, bytecode_cache: bool = True
+) -> dict[str, Any]:
     sizes = MODES[mode]
     rows = make_rows()
     cli = weft_command()
-    env = bench_env()
+    base = Path(tempfile.mkdtemp(prefix="weft-bench-"))
+    env = bench_env(base / "pycache" if bytecode_cache else None)
     # API rows run in this process and may start a manager: give it the same environment.
     saved_env = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)
-    base = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     projects: list[Project] = []
     started = time.perf_counter()
     leftovers: dict[str, list[int]] = {}
@@ -767,12 +899,18 @@ def run(mode: str, json_out: Path, keep: bool = False) -> dict[str, Any]:
                 ["queue_throughput"],
                 lambda: bench_queue(main, rows["queue_throughput"], sizes.queue_messages),
             )
-            _step(rows, ["mcp_round_trip"], lambda: bench_mcp(main, rows["mcp_round_trip"], sizes.mcp_runs))
+            _step(
+                rows,
+                ["mcp_round_trip"],
+                lambda: bench_mcp(main, rows["mcp_round_trip"], sizes.mcp_runs),
+            )
             n, limit = sizes.throughput_tasks, sizes.throughput_deadline
             _step(
                 rows,
                 ["throughput_command"],
-                lambda: bench_throughput(main, rows["throughput_command"], n, limit, _submit_command),
+                lambda: bench_throughput(
+                    main, rows["throughput_command"], n, limit, _submit_command
+                ),
             )
             _step(
                 rows,
@@ -822,12 +960,21 @@ def run(mode: str, json_out: Path, keep: bool = False) -> dict[str, Any]:
         if row.status == "pending":
             row.status = "error"
             row.note = row.note or ("interrupted" if interrupted else "not measured")
+    info["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "date": dt.date.today().isoformat(),
         "mode": mode,
         "duration_s": round(time.perf_counter() - started, 1),
         "interrupted": interrupted,
         "cli": cli,
+        "bytecode_cache": (
+            "private PYTHONPYCACHEPREFIX (as installed)"
+            if bytecode_cache
+            else "as the shell has it (PYTHONDONTWRITEBYTECODE="
+            + saved_env.get("PYTHONDONTWRITEBYTECODE", "")
+            + ")"
+        ),
+        "git": git_state(),
         "machine": info,
         "processes_killed_at_cleanup": leftovers,
         "processes_left": stray,
@@ -848,15 +995,24 @@ def run(mode: str, json_out: Path, keep: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="fewer repetitions (about 40 s)")
     group.add_argument("--smoke", action="store_true", help="tiny N: checks that every row runs")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep the shell's PYTHONDONTWRITEBYTECODE (default: a private bytecode cache)",
+    )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    report = run(mode, args.json_out.resolve(), keep=args.keep)
+    report = run(
+        mode, args.json_out.resolve(), keep=args.keep, bytecode_cache=not args.no_bytecode_cache
+    )
     return 0 if not report["processes_left"] else 1
 
 

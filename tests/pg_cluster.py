@@ -182,9 +182,8 @@ def running_cluster() -> Iterator[PgCluster]:
         stop_cluster(cluster)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """A PostgreSQL server for the whole session; skips (with the reason) where none can run."""
+def session_cluster() -> Iterator[PgCluster]:
+    """Body of a session fixture: start, yield, stop and remove; skip where none can run."""
     try:
         cluster = start_cluster()
     except ClusterUnavailable as exc:
@@ -193,3 +192,9 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         stop_cluster(cluster)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL server for the whole session; skips (with the reason) where none can run."""
+    yield from session_cluster()

@@ -15,6 +15,7 @@ traceback rather than one line a person can act on.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -165,8 +166,8 @@ def describe(dsn: str) -> str:
         except ValueError:
             return "the configured PostgreSQL server"
     else:
-        fields = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn))
-        fields = {k.lower(): v.strip("'") for k, v in fields.items()}
+        pairs = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+        fields: dict[str, str] = {str(k).lower(): str(v).strip("'") for k, v in pairs}
         user = fields.get("user", "")
         host = fields.get("host", "localhost")
         port = int(fields.get("port", "5432")) if fields.get("port", "").isdigit() else 5432
@@ -267,13 +268,37 @@ def postgres_target(settings: PostgresSettings, *, check: bool = True) -> Broker
     """A SimpleBroker target for the ``simplebroker_pg`` plugin, after a reachability check."""
     if not _plugin_available():
         raise WeftError(f"the postgres backend is not installed: {INSTALL_HINT}")
-    from simplebroker import BrokerTarget
-
     dsn = connection_string(settings)
     if check:
         preflight(dsn, settings.display)
-    return BrokerTarget(
+    target: BrokerTarget = _target_class()(
         backend_name=POSTGRES,
         target=dsn,
         backend_options={"schema": settings.schema},
     )
+    return target
+
+
+@functools.cache
+def _plugin() -> Any:
+    from simplebroker._backend_plugins import get_backend_plugin
+
+    return get_backend_plugin(POSTGRES)
+
+
+@functools.cache
+def _target_class() -> type[BrokerTarget]:
+    """``BrokerTarget`` that finds its plugin once per process.
+
+    SimpleBroker resolves ``target.plugin`` through ``importlib.metadata`` entry points on
+    every access (about 8 ms each, several per queue handle): a task process paid ~50 ms
+    for it. The plugin object is the same every time, so it is looked up once and kept.
+    """
+    from simplebroker import BrokerTarget
+
+    class CachedPluginTarget(BrokerTarget):
+        @property
+        def plugin(self) -> Any:
+            return _plugin()
+
+    return CachedPluginTarget

@@ -68,10 +68,11 @@ class Broker:
         with self._lock:  # one handle per name, even when threads race to create it
             handle = self._queues.get(name)
             if handle is None:
+                target = self.ctx.broker_target  # its errors are already one clear line
                 try:
                     handle = Queue(
                         name,
-                        db_path=self.ctx.broker_target,
+                        db_path=target,
                         persistent=self._persistent,
                         config=self.ctx.broker_config,
                     )
@@ -257,6 +258,7 @@ class Activity:
     """
 
     MIN_INTERVAL = 0.001
+    NATIVE_SLICE = 0.25  # longest native (LISTEN/NOTIFY) wait before looking at the stop flag
     MAX_INTERVAL = float(os.environ.get("WEFT_POLL_MAX_INTERVAL", "0.05"))
 
     def __init__(self, broker: Broker, names: Sequence[str]) -> None:
@@ -283,7 +285,16 @@ class Activity:
         """Block until something changed (True) or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + max(0.0, timeout)
         if self._native is not None:
-            return bool(self._native.wait(max(0.0, timeout)))
+            # The native waiter sleeps on a condition that our stop event does not wake, so
+            # wait in short slices: poke() (e.g. SIGTERM to the manager) then ends a wait
+            # within NATIVE_SLICE. Notifications between slices are not lost (it counts them).
+            while not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if self._native.wait(min(remaining, self.NATIVE_SLICE)):
+                    return True
+            return False
         while True:
             version = self._data_version()
             if version != self._version:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from weft.queue_api import QueueAPI
     from weft.taskspec import TaskSpec
 
+# Result fields whose text a task wrote to a file under .weft/outputs/ (too big for a message).
+SPILLED = (("output_ref", "output"), ("stdout_ref", "stdout"), ("stderr_ref", "stderr"))
+EVENT_HEADROOM = 16 * 1024  # bytes an event adds to the spec it carries (status, error...)
 MANAGER_CHECK_SECONDS = (
     2.0  # while waiting on a pending task, how often to make sure a manager runs
 )
@@ -76,12 +79,39 @@ class WeftClient:
         from weft.taskspec import TaskSpec, parse_taskspec
 
         task = spec if isinstance(spec, TaskSpec) else parse_taskspec(spec)
-        body = task.model_dump_json(exclude={"state", "tid"})
+        try:
+            body = task.model_dump_json(exclude={"state", "tid"})
+        except ValueError as exc:  # pydantic's serialisation error: lone surrogates
+            raise UsageError(
+                "the task holds text that is not valid UTF-8 (a raw byte in an argument, an "
+                "environment value or a path?); pass binary data through a file instead"
+            ) from exc
+        self._check_size(task, body)
         tid = str(self.broker.write(queues.SPAWN_REQUESTS, body))
         self._fresh.add(tid)
         if ensure_manager:
             self.ensure_manager(env=manager_env)
         return tid
+
+    def _check_size(self, task: TaskSpec, body: str) -> None:
+        """Refuse a spec that the task log could not carry in its events.
+
+        Every event repeats the spec (as ASCII JSON: up to 6 bytes per byte of the request)
+        plus a few fields; an event over the broker's message limit would crash the task
+        process after it started, so the spec must leave room for them.
+        """
+        limit = int(self.ctx.broker_config["MAX_MESSAGE_SIZE"])
+        budget = limit - min(EVENT_HEADROOM, limit // 2)
+        size = len(body.encode())
+        if size * 6 > budget:
+            dumped = task.model_dump(mode="json", exclude={"state"})
+            size = max(size, len(json.dumps(dumped, separators=(",", ":"))))
+        if size > budget:
+            raise UsageError(
+                f"the task is too big to store: its spec is {size} bytes and the broker's "
+                f"message limit is {limit} (BROKER_MAX_MESSAGE_SIZE), with room needed for the "
+                "task log; pass large data through a queue or a file instead"
+            )
 
     def run(self, command: Sequence[str] | str, **options: Any) -> str:
         """Submit a command (argv list, or a string split like a shell would); returns the TID."""
@@ -166,16 +196,18 @@ class WeftClient:
 
     def _deliver(self, tid: str, found: results.Message, *, peek: bool) -> dict[str, Any]:
         result = results.public(found.data)
-        for key, field in (("output_ref", "output"), ("stderr_ref", "stderr")):
+        for key, field in SPILLED:
             ref = result.get(key)
             if ref:
                 try:
                     result[field] = Path(ref).read_bytes().decode("utf-8", errors="replace")
                 except FileNotFoundError:
                     raise WeftError(f"the spilled output of {tid} is missing: {ref}") from None
+        if result.pop("output_json", False):  # a function's value too big for a message
+            result["output"] = json.loads(result["output"])
         if not peek:
             self.broker.delete_queue(queues.outbox(tid))
-            for key in ("output_ref", "stderr_ref"):
+            for key, _ in SPILLED:
                 if result.get(key):
                     Path(result[key]).unlink(missing_ok=True)
                     result.pop(key)
@@ -223,7 +255,12 @@ class WeftClient:
 
     def _fail_if_consumed(self, tid: str) -> None:
         history = events.events_for(self.broker, tid)
-        if history and history[-1].get("status") in events.FINAL_STATUSES:
+        # A requeued failure left no result: the same TID runs again, so keep waiting.
+        if (
+            history
+            and history[-1].get("status") in events.FINAL_STATUSES
+            and not history[-1].get("requeued")
+        ):
             last = history[-1]
             raise NotFoundError(
                 f"the result of task {short(tid)} was already read (status {last.get('status')}, "
@@ -345,7 +382,7 @@ class WeftClient:
 
     def control(self, tid: str, command: str, *, timeout: float = 5.0) -> dict[str, Any]:
         """Send STOP/KILL/PAUSE/RESUME/STATUS/PING to a running task; return its answer."""
-        from weft.task import CONTROL_COMMANDS
+        from weft.events import CONTROL_COMMANDS
 
         command = command.upper()
         if command not in CONTROL_COMMANDS:
@@ -423,7 +460,11 @@ class WeftClient:
         forget(self.broker, doomed)
         with self.broker.connection() as conn:
             conn.vacuum()
-        return {"pruned_tasks": len(doomed), "pruned_events": len(event_ids), "kept_unread": kept_unread}
+        return {
+            "pruned_tasks": len(doomed),
+            "pruned_events": len(event_ids),
+            "kept_unread": kept_unread,
+        }
 
     # -- manager -----------------------------------------------------------------------
 

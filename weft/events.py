@@ -27,6 +27,7 @@ WORK_FAILED = "work_failed"
 WORK_TIMEOUT = "work_timeout"
 WORK_LIMIT_VIOLATION = "work_limit_violation"
 CONTROL_PREFIX = "control_"
+CONTROL_COMMANDS = ("STOP", "KILL", "PAUSE", "RESUME", "STATUS", "PING")
 
 PENDING = "pending"
 RUNNING = "running"

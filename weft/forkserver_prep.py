@@ -9,9 +9,11 @@ a forked task never touches (and so never copies) those shared pages.
 import contextlib
 import gc
 
-import psutil  # noqa: F401  (used by the resource monitor in every task)
+import psutil  # noqa: F401  (runner.signal_tree)
 import simplebroker
 from simplebroker import _backend_plugins
+
+import weft.monitor  # noqa: F401  (every task's resource monitor)
 
 with contextlib.suppress(Exception):
     _backend_plugins.get_backend_plugin("sqlite")

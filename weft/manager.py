@@ -64,6 +64,7 @@ class Manager:
         self._lock_fd: int | None = None
         self.known_records: dict[str, events.TaskRecord] = {}
         self.waiter: Activity | None = None
+        self.last_beat = 0.0  # monotonic time of the last heartbeat
         self.next_prune = 0.0
 
     # -- start-up ----------------------------------------------------------------------
@@ -94,7 +95,9 @@ class Manager:
 
     def start_fork_server(self) -> None:
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["weft.task", "weft.manager", "weft.forkserver_prep"])
+        # A PostgreSQL project's tasks would each import psycopg (~80 ms): load it once here.
+        backend = ["simplebroker_pg.plugin"] if self.ctx.backend == "postgres" else []
+        mp.set_forkserver_preload(["weft.task", "weft.manager", *backend, "weft.forkserver_prep"])
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -122,6 +125,7 @@ class Manager:
     def heartbeat(self) -> None:
         assert self.broker is not None and self.entry is not None
         old = self.entry.message_id
+        self.last_beat = time.monotonic()
         self.entry.heartbeat = time.time_ns()
         self.entry.message_id = self.broker.write(queues.WORKERS_REGISTRY, self.entry.body())
         if old != self.entry.message_id:
@@ -169,7 +173,51 @@ class Manager:
                     )
             elif record.host not in live_hosts:
                 settle_lost_task(
-                    self.broker, record.tid, f"host {record.host} was lost (no live manager there)"
+                    self.broker,
+                    record.tid,
+                    f"host {record.host} was lost (no live manager there)",
+                    host=record.host,
+                )
+
+    def check_peers(self) -> None:
+        """Take over from managers elsewhere that stopped heartbeating (a lost host).
+
+        Runs on every heartbeat. Whoever deletes a dead manager's registry entry does its
+        recovery, so two survivors never both settle the same tasks: its claimed requests go
+        back to ``weft.spawn.requests``; tasks still running on a host left with no live
+        manager are settled as failed, naming that host.
+        """
+        assert self.broker is not None and self.entry is not None
+        dead = [
+            e
+            for e in registry.entries(self.broker)
+            if e.manager_id != self.entry.manager_id and not e.is_alive()
+        ]
+        won = [e for e in dead if self.broker.delete(queues.WORKERS_REGISTRY, e.message_id)]
+        for entry in won:
+            moved = self.broker.move_all(
+                queues.spawn_claims(entry.manager_id), queues.SPAWN_REQUESTS
+            )
+            log.warning(
+                "manager %s (pid %s on %s) missed its heartbeats; gave back %d request(s)",
+                entry.manager_id,
+                entry.pid,
+                entry.host,
+                moved,
+            )
+        live_hosts = {e.host for e in registry.live_entries(self.broker)}
+        lost_hosts = {e.host for e in won} - live_hosts - {self.host}
+        if not lost_hosts:
+            return
+        from weft.state import current_records
+
+        for record in current_records(self.broker).values():
+            if record.status in (events.RUNNING, events.PAUSED) and record.host in lost_hosts:
+                settle_lost_task(
+                    self.broker,
+                    record.tid,
+                    f"host {record.host} was lost (its manager stopped heartbeating)",
+                    host=record.host,
                 )
 
     # -- the loop ----------------------------------------------------------------------
@@ -191,6 +239,8 @@ class Manager:
             proc.start()
             self.children[tid] = proc
             launched += 1
+            if time.monotonic() - self.last_beat >= registry.HEARTBEAT_SECONDS:
+                self.heartbeat()  # a long burst of launches must not look like a lost host
         if launched:
             self.did_work = True
             self.last_activity = time.monotonic()
@@ -257,11 +307,15 @@ class Manager:
         state = ""
         try:
             while not self.stopping:
-                self.claim_and_launch()
+                # Reap first: settling a lost task may requeue its request, and our own
+                # writes never wake our waiter (SQLite's data_version counts other
+                # connections' commits only), so it must be claimed in this same pass.
                 self.reap()
+                self.claim_and_launch()
                 now = time.monotonic()
                 if now >= next_beat:
                     self.heartbeat()
+                    self.check_peers()
                     next_beat = now + registry.HEARTBEAT_SECONDS
                 new_state = "busy" if self.busy() else "idle"
                 if new_state != state:
@@ -336,10 +390,20 @@ def _run_task(root: str, tid: str, claims: str) -> None:
     task_main(root, tid, claims)
 
 
-def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
-    """Record a task whose process died without finishing: failed event, result, policy."""
+def settle_lost_task(broker: Broker, tid: str, reason: str, *, host: str | None = None) -> None:
+    """Record a task whose process died without finishing: failed event, result, policy.
+
+    ``host`` is where the task ran when that is not here (a lost host); the event keeps
+    naming it, and ``settled_by`` names this host.
+    """
     from weft.reserved import apply_reserved_policy
 
+    last = (events.events_for(broker, tid) or [{}])[-1]
+    if last.get("status") in events.FINAL_STATUSES and not last.get("requeued"):
+        # It finished (result written, final event logged) and died only after: a second,
+        # failed ending would contradict the result its client may already have read.
+        _end_orphaned_target(broker, tid)
+        return
     claim_names = [name for name, _ in broker.list_queues(pattern=queues.spawn_claims("*"))]
     for name in claim_names:  # died before it could reserve its request
         broker.move_one(name, queues.reserved(tid), message_id=int(tid))
@@ -369,7 +433,8 @@ def settle_lost_task(broker: Broker, tid: str, reason: str) -> None:
             taskspec=spec,
             return_code=1,
             error=reason,
-            host=registry.host_name(),
+            host=host or registry.host_name(),
+            settled_by=registry.host_name() if host else None,
             requeued=requeue or None,
         ),
     )

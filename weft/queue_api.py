@@ -100,10 +100,15 @@ class QueueAPI:
             raise EmptyQueueError(f"queue {name!r} is empty")
         return [QueueMessage(m.id, name, m.body) for m in got]
 
-    def peek(self, queue: str, *, all: bool = False) -> list[QueueMessage]:
-        """Return the oldest message (or every message with ``all``) without removing it."""
+    def peek(
+        self, queue: str, *, all: bool = False, limit: int | None = None
+    ) -> list[QueueMessage]:
+        """Return the oldest message (every message with ``all``, or up to ``limit``)
+        without removing it."""
         name = self.resolve(queue)
-        if all:
+        if limit is not None and not all:
+            got = self._broker.peek_many(name, max(1, limit))
+        elif all:
             got = list(self._broker.peek_all(name))
         else:
             one = self._broker.peek_one(name)

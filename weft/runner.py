@@ -23,6 +23,7 @@ from weft.taskspec import Spec
 
 ChunkSink = Callable[[str, bytes], None]
 READ_SIZE = 65536
+MAX_ERROR_CHARS = 2000  # a function's error summary ("Type: message"), as events carry it
 
 
 @dataclass
@@ -70,8 +71,7 @@ class Target:
     """A running target process and the threads that collect its output."""
 
     pid: int
-    readers: list[_Reader] = field(default_factory=list)
-    result_fd: int | None = None
+    readers: list[_Reader] = field(default_factory=list)  # stdout, stderr (and "result")
     stdin_fd: int | None = None
     _pidfd: int | None = None
     _status: int | None = None
@@ -136,25 +136,25 @@ class Target:
             self.stdin_fd = None
 
     def collect(self, return_code: int) -> Outcome:
-        """Join the output readers and, for a function, read what it returned."""
+        """Join the output readers and, for a function, read what it returned.
+
+        The target has exited; whatever it left running in its session (a background
+        child, a daemon that did not call setsid) is ended now, as on STOP and timeout:
+        it would otherwise outlive the task unwatched and hold its output pipes open.
+        """
         self.close_stdin()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
         for reader in self.readers:
             reader.join(timeout=5)
         out = Outcome(return_code=return_code)
         for reader in self.readers:
             if reader.stream == "stdout":
                 out.stdout = reader.data()
-            else:
+            elif reader.stream == "stderr":
                 out.stderr = reader.data()
-        if self.result_fd is not None:
-            raw = b""
-            try:
-                while chunk := os.read(self.result_fd, READ_SIZE):
-                    raw += chunk
-            except OSError:
-                pass
-            os.close(self.result_fd)
-            _apply_function_report(out, raw)
+            else:  # a function's report: read as it is written (a pipe holds only 64 kB)
+                _apply_function_report(out, reader.data())
         return out
 
 
@@ -171,7 +171,11 @@ def _apply_function_report(out: Outcome, raw: bytes) -> None:
         out.return_code = out.return_code or 1
         return
     if "error" in report:
-        out.error = report["error"]
+        error = str(report["error"])
+        if len(error) > MAX_ERROR_CHARS:  # it travels in events and results; stderr has it all
+            cut = len(error) - MAX_ERROR_CHARS
+            error = f"{error[:MAX_ERROR_CHARS]}... ({cut} more characters)"
+        out.error = error
         out.traceback = report.get("traceback")
         out.return_code = out.return_code or 1
     else:
@@ -240,8 +244,12 @@ def start_function(spec: Spec, *, env: dict[str, str], sink: ChunkSink | None) -
         _run_function_child(spec, env, out_w, err_w, res_w, (out_r, err_r, res_r))
     for fd in (out_w, err_w, res_w):
         os.close(fd)
-    target = Target(pid=pid, result_fd=res_r)
-    target.readers = [_Reader(out_r, "stdout", sink), _Reader(err_r, "stderr", sink)]
+    target = Target(pid=pid)
+    target.readers = [
+        _Reader(out_r, "stdout", sink),
+        _Reader(err_r, "stderr", sink),
+        _Reader(res_r, "result", None),
+    ]
     for reader in target.readers:
         reader.start()
     return target
@@ -278,14 +286,19 @@ def _run_function_child(
         cwd = os.getcwd()
         if cwd not in sys.path:
             sys.path.insert(0, cwd)
-        report: dict[str, Any]
+        report: dict[str, Any] = {}
+        func: Callable[..., Any] | None = None
         try:
             func = load_function(str(spec.function_target))
-            value = func(*spec.args, **spec.kwargs)
-            try:
-                report = {"value": json.loads(json.dumps(value))}
-            except (TypeError, ValueError):
-                report = {"value": repr(value)}
+        except Exception as exc:  # the message names the module or function; no traceback
+            report, code = {"error": str(exc)}, 1
+        try:
+            if func is not None:
+                value = func(*spec.args, **spec.kwargs)
+                try:
+                    report = {"value": json.loads(json.dumps(value))}
+                except (TypeError, ValueError):
+                    report = {"value": repr(value)}
         except BaseException as exc:  # report everything, SystemExit included
             tb = traceback.format_exc()
             sys.stderr.write(tb)

@@ -11,22 +11,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from typing import Any
 
-from weft import events, queues, results, runner
+from weft import events, queues, registry, results, runner
 from weft.broker import Broker
-from weft.reserved import apply_reserved_policy
 from weft.context import WeftContext, load_context
-from weft.taskspec import TaskSpec
+from weft.events import CONTROL_COMMANDS
+from weft.reserved import apply_reserved_policy
+from weft.taskspec import TaskSpec, parse_taskspec
 from weft.tid import short
 
 TICK = 0.05  # seconds between control/timeout checks while the target runs
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL on STOP and timeout
 SPILL_BYTES = int(os.environ.get("WEFT_SPILL_BYTES", str(1024 * 1024)))
-
-CONTROL_COMMANDS = ("STOP", "KILL", "PAUSE", "RESUME", "STATUS", "PING")
 
 
 def set_title(ctx: WeftContext, tid: str, name: str, status: str) -> None:
@@ -54,7 +52,7 @@ class TaskProcess:
         self.spec_dump: dict[str, Any] | None = None
         self.status = events.RUNNING
         self.target: runner.Target | None = None
-        self.host = socket.gethostname()
+        self.host = registry.host_name()  # WEFT_HOST, the same name its manager uses
         self.stop_requested: str | None = None  # "STOP" or "KILL"
         self.streamed = False
 
@@ -86,11 +84,13 @@ class TaskProcess:
         if claimed is None:
             return 0  # someone else took it (a successor manager gave it back): not ours
         try:
-            spec = TaskSpec.model_validate_json(claimed.body)
-        except Exception as exc:
+            spec = parse_taskspec(claimed.body, source="spawn request")
+        except Exception as exc:  # a one-line UsageError; the request stays in reserved
             self.spec_dump = None
-            self.log(events.WORK_FAILED, events.FAILED, error=f"invalid TaskSpec: {exc}")
-            self._write_result(events.FAILED, 1, "", "", f"invalid TaskSpec: {exc}")
+            # The result first: if this process dies in between, the final event is missing
+            # and the manager settles the task; the other way round nobody would.
+            self._write_result(events.FAILED, 1, "", "", str(exc))
+            self.log(events.WORK_FAILED, events.FAILED, error=str(exc))
             return 0
         spec.tid = self.tid
         spec.state.task_pid = os.getpid()
@@ -210,14 +210,11 @@ class TaskProcess:
             self._handle_control(target, message.body)
 
     def _handle_control(self, target: runner.Target, body: str) -> None:
-        try:
-            data = json.loads(body)
-            command = str(data.get("command", "")).upper() if isinstance(data, dict) else ""
-        except json.JSONDecodeError:
-            command = body.strip().upper()
+        command = _parse_command(body)
         reply: dict[str, Any] = {"tid": self.tid, "command": command}
         if command not in CONTROL_COMMANDS:
-            reply.update(ok=False, error=f"unknown command {command!r}; use one of {CONTROL_COMMANDS}")
+            known = ", ".join(CONTROL_COMMANDS)
+            reply.update(ok=False, error=f"unknown command {command!r}; use one of {known}")
         elif command == "PAUSE":
             target.signal_tree(signal.SIGSTOP)
             self.log("control_pause", events.PAUSED)
@@ -245,9 +242,7 @@ class TaskProcess:
         inbox = queues.inbox(self.tid)
         while target.stdin_fd is not None and (message := self.broker.read_one(inbox)):
             data = results.decode_input(message.body)
-            if data is None:
-                target.close_stdin()
-            elif not target.write_stdin(data.encode()):
+            if data is None or not target.write_stdin(data.encode()):
                 target.close_stdin()
 
     # -- queue-fed tasks -------------------------------------------------------------
@@ -297,7 +292,8 @@ class TaskProcess:
             final = events.KILLED
         summary = f"served {served} message(s), {failed} failed"
         code = {events.TIMEOUT: 124, events.STOPPED: 143, events.KILLED: 137}.get(final, 0)
-        self._write_result(final, code, summary + "\n", "", f"{failed} message(s) failed" if failed else None)
+        error = f"{failed} message(s) failed" if failed else None
+        self._write_result(final, code, summary + "\n", "", error)
         event = {
             events.TIMEOUT: events.WORK_TIMEOUT,
             events.STOPPED: "control_stop",
@@ -307,7 +303,7 @@ class TaskProcess:
         self.broker.delete(reserved, int(self.tid))
 
     def _serve_one(self, spec: TaskSpec, source: str, message_id: int, body: str) -> bool:
-        status, _code, out, _err, error, value = self._execute(spec, item=body)
+        status, _code, out, _err, _error, value = self._execute(spec, item=body)
         reserved = queues.reserved(self.tid)
         if status != events.COMPLETED:
             policy = spec.spec.reserved_policy
@@ -327,11 +323,7 @@ class TaskProcess:
 
     def _handle_idle_control(self, body: str) -> None:
         """Control messages that arrive between items (no target runs)."""
-        try:
-            data = json.loads(body)
-            command = str(data.get("command", "")).upper() if isinstance(data, dict) else ""
-        except json.JSONDecodeError:
-            command = body.strip().upper()
+        command = _parse_command(body)
         reply: dict[str, Any] = {"tid": self.tid, "command": command, "ok": True}
         if command in ("STOP", "KILL"):
             self.stop_requested = command
@@ -369,6 +361,8 @@ class TaskProcess:
         error: str | None,
         value: Any = None,
         is_function: bool = False,
+        spill_all: bool = False,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         out_b = out.encode() if isinstance(out, str) else out
         err_b = err.encode() if isinstance(err, str) else err
@@ -376,25 +370,46 @@ class TaskProcess:
         output: Any
         if is_function:
             output = value
-            if out_b:
+            if spill_all:  # too big for one message: the value goes to a file, as JSON
+                output = None
+                detail["output_ref"] = self._spill("value.json", json.dumps(value).encode())
+                detail["output_json"] = True
+            if out_b and spill_all:
+                detail["stdout_ref"] = self._spill("stdout", out_b)
+            elif out_b:
                 detail["stdout"] = _decode(out_b)
-        elif len(out_b) > SPILL_BYTES:
+        elif out_b and (spill_all or len(out_b) > SPILL_BYTES):
             output = None
             detail["output_ref"] = self._spill("stdout", out_b)
             detail["output_bytes"] = len(out_b)
         else:
             output = _decode(out_b)
         stderr = _decode(err_b)
-        if len(err_b) > SPILL_BYTES:
+        if err_b and (spill_all or len(err_b) > SPILL_BYTES):
             stderr = ""
             detail["stderr_ref"] = self._spill("stderr", err_b)
         if self.streamed:
             detail["streamed"] = True
+        if metrics:
+            detail["metrics"] = metrics
         result = results.make_result(
-            self.tid, status, return_code=return_code, output=output, stderr=stderr, error=error,
+            self.tid,
+            status,
+            return_code=return_code,
+            output=output,
+            stderr=stderr,
+            error=error,
             **detail,
         )
-        self.broker.write(queues.outbox(self.tid), results.encode(result))
+        body = results.encode(result)
+        if not spill_all and len(body.encode()) > int(self.ctx.broker_config["MAX_MESSAGE_SIZE"]):
+            # Over the broker's message limit (JSON escapes undecodable bytes and control
+            # characters, up to 6x): spill every stream rather than crash and lose it all.
+            self._write_result(
+                status, return_code, out_b, err_b, error, value, is_function, spill_all=True
+            )
+            return
+        self.broker.write(queues.outbox(self.tid), body)
 
     def _finish(
         self,
@@ -412,10 +427,20 @@ class TaskProcess:
             from weft.monitor import LIMIT_EXIT_CODE
 
             status, return_code, error = events.FAILED, LIMIT_EXIT_CODE, violation.message
+        metrics = monitor.metrics() if monitor is not None else None
         requeue = status != events.COMPLETED and spec.spec.reserved_policy == "requeue"
         if not requeue:
             is_function = spec.spec.type == "function"
-            self._write_result(status, return_code, out, err, error, value, is_function=is_function)
+            self._write_result(
+                status,
+                return_code,
+                out,
+                err,
+                error,
+                value,
+                is_function=is_function,
+                metrics=metrics,
+            )
         event = {
             events.COMPLETED: events.WORK_COMPLETED,
             events.TIMEOUT: events.WORK_TIMEOUT,
@@ -425,8 +450,12 @@ class TaskProcess:
         if violation is not None:
             event = events.WORK_LIMIT_VIOLATION
         self.log(
-            event, status, return_code=return_code, error=error, requeued=requeue or None,
-            metrics=monitor.metrics() if monitor is not None else None,
+            event,
+            status,
+            return_code=return_code,
+            error=error,
+            requeued=requeue or None,
+            metrics=metrics,
             **(violation.detail() if violation is not None else {}),
         )
         success = status == events.COMPLETED
@@ -435,6 +464,15 @@ class TaskProcess:
             tid = self.tid
             for name in (queues.inbox(tid), queues.ctrl_in(tid), queues.ctrl_out(tid)):
                 self.broker.delete_queue(name)
+
+
+def _parse_command(body: str) -> str:
+    """A control message is ``{"command": "STOP"}``; a bare word is accepted too."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return body.strip().upper()
+    return str(data.get("command", "")).upper() if isinstance(data, dict) else ""
 
 
 def task_main(root: str, tid: str, claim_queue: str) -> None:

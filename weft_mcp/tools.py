@@ -706,11 +706,12 @@ class WeftTools:
     ) -> QueueMessages:
         """Look at the oldest messages in a queue without removing them."""
         name = await self._run(self.client.queue.resolve, queue)  # even weft.* may be peeked
-        got = await self._run(self.client.broker.peek_many, name, max_messages)
-        if not got:
+        try:
+            got = await self._run(lambda: self.client.queue.peek(name, limit=max_messages))
+        except EmptyQueueError:
             raise ToolError(
                 f"queue {name!r} is empty; queue_list shows the queues that hold messages"
-            )
+            ) from None
         return QueueMessages(
             queue=name,
             messages=[QueueMessageInfo(id=f"{m.id:019d}", body=m.body) for m in got],

@@ -347,16 +347,26 @@ def _fmt_time(ns: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
-def _manager_line(managers: list[dict[str, Any]]) -> str:
+def _manager_line(managers: list[dict[str, Any]], *, show_host: bool = False) -> str:
+    """The seed's ``Manager: Running (PID n, idle timeout: Ns)``; one line per manager for many.
+
+    With several managers (hosts sharing a PostgreSQL database), or ``show_host``, every
+    manager is listed with its host.
+    """
     if not managers:
         return "Manager: Stopped"
-    parts = []
-    for m in managers:
-        parts.append(
-            f"Running (PID {m['pid']}, idle timeout: {m['idle_timeout']:g}s"
-            + (f", host {m['host']})" if len(managers) > 1 else ")")
+    if len(managers) == 1:
+        m = managers[0]
+        host = f", host {m['host']}" if show_host or m["host"] != _host() else ""
+        return f"Manager: Running (PID {m['pid']}, idle timeout: {m['idle_timeout']:g}s{host})"
+    lines = [f"Managers: {len(managers)} running"]
+    for m in sorted(managers, key=lambda m: (str(m["host"]), int(m["pid"]))):
+        age = m.get("heartbeat_age")
+        beat = f", last heartbeat {age:.1f}s ago" if isinstance(age, int | float) else ""
+        lines.append(
+            f"  host {m['host']}: PID {m['pid']}, idle timeout: {m['idle_timeout']:g}s{beat}"
         )
-    return "Manager: " + "; ".join(parts)
+    return "\n".join(lines)
 
 
 def _tasks_line(total: int, counts: dict[str, int]) -> str:
@@ -368,13 +378,23 @@ def _tasks_line(total: int, counts: dict[str, int]) -> str:
 
 def _render_status(client: WeftClient, include_finished: bool) -> str:
     data = client.status(include_finished=include_finished)
-    lines = [_manager_line(data["managers"]), _tasks_line(data["total"], data["counts"])]
+    # Which host runs what matters once work is shared (PostgreSQL) or seen from elsewhere.
+    here = _host()
+    hosts = {m["host"] for m in data["managers"]} | {t["host"] for t in data["tasks"] if t["host"]}
+    show_host = client.ctx.backend != "sqlite" or bool(hosts - {here})
+    lines = [
+        _manager_line(data["managers"], show_host=show_host),
+        _tasks_line(data["total"], data["counts"]),
+    ]
     if data["tasks"]:
         lines.append("")
-        lines.append(f"{'TID':<12}{'STATUS':<11}{'NAME':<20}COMMAND")
+        host_head = f"{'HOST':<16}" if show_host else ""
+        lines.append(f"{'TID':<12}{'STATUS':<11}{host_head}{'NAME':<20}COMMAND")
         for t in data["tasks"]:
+            host_cell = f"{(t['host'] or '-')[:15]:<16}" if show_host else ""
             lines.append(
-                f"{t['tid_short']:<12}{t['status']:<11}{t['name'][:19]:<20}{t['command'][:60]}"
+                f"{t['tid_short']:<12}{t['status']:<11}{host_cell}{t['name'][:19]:<20}"
+                f"{t['command'][:60]}"
             )
     return "\n".join(lines)
 
@@ -399,9 +419,22 @@ def _render_task(record: dict[str, Any]) -> str:
         rows.append(("Error", record["error"]))
     if record.get("tags"):
         rows.append(("Tags", ", ".join(record["tags"])))
-    for key, value in (record.get("metrics") or {}).items():
-        rows.append((key.replace("_", " ").capitalize(), value))
-    return "\n".join(f"{k + ':':<13}{v}" for k, v in rows)
+    metrics = record.get("metrics") or {}
+    for key, label, unit in _METRIC_LABELS:
+        if metrics.get(key) is not None:
+            rows.append((label, f"{metrics[key]}{unit}"))
+    return "\n".join(f"{k + ':':<14}{v}" for k, v in rows)
+
+
+_METRIC_LABELS = (
+    ("peak_memory_mb", "Peak memory", " MB"),
+    ("cpu_seconds", "CPU time", " s"),
+    ("wall_seconds", "Wall time", " s"),
+    ("peak_open_files", "Peak files", ""),
+    ("peak_connections", "Peak conns", ""),
+    ("peak_processes", "Peak procs", ""),
+    ("cpu_throttled_seconds", "CPU held", " s"),
+)
 
 
 @common.handle_errors
@@ -446,9 +479,7 @@ def manager_start() -> None:
     while time.monotonic() < deadline:
         managers = [m for m in client.managers() if m.host == _host()]
         if managers:
-            print(
-                _manager_line([managers[0].to_dict()])
-            )
+            print(_manager_line([managers[0].to_dict()], show_host=client.ctx.backend != "sqlite"))
             return
         time.sleep(0.05)
     raise UsageError(
@@ -486,7 +517,7 @@ def manager_status(
     if as_json:
         common.print_json(managers)
     else:
-        print(_manager_line(managers))
+        print(_manager_line(managers, show_host=client.ctx.backend != "sqlite"))
 
 
 def _control(command: str) -> Any:
