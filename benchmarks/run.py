@@ -827,6 +827,8 @@ def _step(rows: dict[str, Row], keys: list[str], func: Callable[[], None]) -> No
     """Run one measurement; a failure marks its rows as errors and the run goes on."""
     label = ", ".join(keys)
     log(f"measuring {label}")
+    for key in keys:  # other work on a shared machine moves timings: keep the context
+        rows[key].extra["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
     try:
         func()
     except KeyboardInterrupt:

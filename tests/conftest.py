@@ -126,10 +126,18 @@ def no_leaked_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     import time
 
     def ours() -> list[psutil.Process]:
+        """Weft processes (titled ``weft-``; setproctitle hides their environment) working
+        in a project of this run, and task targets whose environment names one."""
         found = []
-        for proc in weft_processes():
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if proc.pid == os.getpid():
+                continue
             try:
-                if proc.environ().get("WEFT_CONTEXT", "").startswith(base):
+                title = " ".join(proc.info.get("cmdline") or [])
+                if title.startswith("weft-"):
+                    if proc.cwd().startswith(base):
+                        found.append(proc)
+                elif proc.environ().get("WEFT_CONTEXT", "").startswith(base):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue

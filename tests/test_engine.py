@@ -29,14 +29,18 @@ SEED_FIELDS = {
 
 
 def _manager_pids(root: Path) -> list[int]:
+    """Live managers of this project (by title, and by the project in their environment)."""
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            if not (cmd.startswith(f"weft-{root.name}-") and ":manager:" in cmd):
+                continue
+            # setproctitle overwrites /proc/PID/environ; managers run in their project dir.
+            if proc.cwd() == str(root.resolve()):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if cmd.startswith(f"weft-{root.name}-") and ":manager:" in cmd:
-            pids.append(proc.pid)
     return pids
 
 
@@ -373,3 +377,39 @@ def test_success_deletes_reserved_and_cleanup_on_exit(weft: Weft, project: Path)
         assert queue_bodies(project, f"T{tid}.{suffix}") == []
     assert len(queue_bodies(project, f"T{tid}.outbox")) == 1  # the unread result stays
     assert json.loads(weft("result", tid).stdout)["output"] == "bye\n"
+
+
+def test_requeue_gives_up_after_the_limit(weft: Weft, project: Path) -> None:
+    r = weft("run", "--reserved-policy", "requeue", "--json", "false", timeout=60)
+    data = json.loads(r.stdout)
+    assert data["status"] == "failed" and r.returncode == 1
+    runs = [e for e in log_events(project, data["tid"]) if e["event"] == "work_started"]
+    assert len(runs) == 4  # the first run and three requeues (WEFT_MAX_REQUEUES)
+    assert len(queue_bodies(project, f"T{data['tid']}.reserved")) == 1  # then kept
+
+
+def test_run_usage_messages(weft: Weft, project: Path) -> None:
+    r = weft("run")
+    assert r.returncode == 2 and "nothing to run" in r.stderr
+    (project / "t.json").write_text('{"spec": {"process_target": ["true"]}}')
+    r = weft("run", "--spec", "t.json", "--timeout", "1", "--name", "x")
+    assert r.returncode == 2 and "--timeout, --name cannot be combined with --spec" in r.stderr
+    r = weft("run", "-i", "--function", "m:f")
+    assert r.returncode == 2 and "--interactive" in r.stderr
+    r = weft("run", "echo", "x", env={"WEFT_MANAGER_REUSE_ENABLED": "maybe"})
+    assert r.returncode == 2 and "WEFT_MANAGER_REUSE_ENABLED" in r.stderr
+    assert queue_bodies(project, "weft.spawn.requests") == []
+
+
+def test_loaded_copy_starts_its_own_manager(weft: Weft, project: Path, tmp_path: Path) -> None:
+    assert weft("run", "echo", "one").returncode == 0  # a manager runs and is registered
+    dump = weft("dump")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    assert weft("load", cwd=copy, input=dump.stdout).returncode == 0
+    try:
+        r = weft("run", "echo", "two", cwd=copy, timeout=60)
+        assert r.returncode == 0 and r.stdout == "two\n"
+        assert len(_manager_pids(project)) == 1  # the original's manager is untouched
+    finally:
+        weft("manager", "stop", cwd=copy)

@@ -60,7 +60,13 @@ def test_pause_resume_stop_and_ctrl_queues(weft: Weft, project: Path) -> None:
     assert weft("task", "stop", tid).returncode == 0
     result = json.loads(weft("result", tid, "--timeout", "15").stdout)
     assert result["status"] == "stopped"
-    wait_for(lambda: not psutil.pid_exists(target_pid) or psutil.Process(target_pid).status() == psutil.STATUS_ZOMBIE, 10)
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(target_pid)
+            or psutil.Process(target_pid).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+    )
     names = [e["event"] for e in log_events(project, tid)]
     for name in ("control_pause", "control_resume", "control_ping", "control_stop"):
         assert name in names
@@ -87,7 +93,11 @@ def test_stream_output_arrives_while_running(weft: Weft, project: Path) -> None:
     script = "for i in 1 2 3; do date +%s.%N; sleep 1; done"
     proc = subprocess.Popen(
         [sys.executable, "-m", "weft", "run", "--stream-output", "sh", "-c", script],
-        cwd=project, env=weft.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=project,
+        env=weft.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     lags = []
@@ -188,7 +198,10 @@ def test_large_output_spills_and_round_trips(weft: Weft, project: Path) -> None:
     expected = ("0123456789abcdef" * 4 + "\n") * (size // 65)
     r = subprocess.run(
         [sys.executable, "-m", "weft", "run", sys.executable, "-c", make],
-        cwd=project, env=weft.env, capture_output=True, timeout=120,
+        cwd=project,
+        env=weft.env,
+        capture_output=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr[-500:]
     assert hashlib.sha256(r.stdout).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
@@ -196,10 +209,44 @@ def test_large_output_spills_and_round_trips(weft: Weft, project: Path) -> None:
     tid = weft("run", "--no-wait", sys.executable, "-c", make).stdout.strip()
     peek = subprocess.run(
         [sys.executable, "-m", "weft", "result", tid, "--timeout", "60", "--peek"],
-        cwd=project, env=weft.env, capture_output=True, timeout=120, text=True,
+        cwd=project,
+        env=weft.env,
+        capture_output=True,
+        timeout=120,
+        text=True,
     )
     data = json.loads(peek.stdout)
     assert data["output"] == expected and data["output_bytes"] == len(expected)
     assert len(list((project / ".weft" / "outputs").iterdir())) == 1
     outbox = queue_bodies(project, f"T{tid}.outbox")
     assert len(outbox) == 1 and len(outbox[0]) < 10_000  # the outbox holds a reference
+
+
+def test_queue_fed_pause_and_clean_stop(weft: Weft, project: Path) -> None:
+    spec = {
+        "spec": {"type": "command", "process_target": ["cat"]},
+        "io": {"inputs": {"in": "p.in"}, "outputs": {"out": "p.out"}},
+    }
+    (project / "p.json").write_text(json.dumps(spec))
+    tid = weft("run", "--spec", "p.json", "--no-wait").stdout.strip()
+    _started(project, tid)
+    assert json.loads(weft("task", "pause", tid, "--json").stdout)["status"] == "paused"
+    weft("queue", "write", "p.in", "held")
+    ping = json.loads(weft("task", "ping", tid, "--json").stdout)  # a full loop has run since
+    assert ping["status"] == "paused"
+    assert queue_bodies(project, "p.in") == ["held"] and queue_bodies(project, "p.out") == []
+    weft("task", "resume", tid)
+    wait_for(lambda: queue_bodies(project, "p.out") == ["held"], 15, "the held message")
+    weft("task", "stop", tid)
+    r = weft("result", tid, "--timeout", "15")
+    assert r.returncode == 0 and json.loads(r.stdout)["return_code"] == 0
+
+
+def test_result_stream_of_a_task_that_did_not_stream(weft: Weft, project: Path) -> None:
+    tid = weft("run", "--no-wait", "echo", "plain").stdout.strip()
+    r = weft("result", tid, "--stream", "--timeout", "30")
+    assert r.returncode == 0 and r.stdout == "plain\n"
+    slow = weft("run", "--no-wait", "--stream-output", "sleep", "10").stdout.strip()
+    r = weft("result", slow, "--stream", "--timeout", "0.5")
+    assert r.returncode == 124
+    weft("task", "kill", slow)

@@ -79,6 +79,10 @@ class WeftClient:
         from weft.taskspec import TaskSpec, parse_taskspec
 
         task = spec if isinstance(spec, TaskSpec) else parse_taskspec(spec)
+        if ensure_manager:
+            from weft.context import Settings
+
+            Settings.from_env()  # a bad setting fails here, before anything is written
         try:
             body = task.model_dump_json(exclude={"state", "tid"})
         except ValueError as exc:  # pydantic's serialisation error: lone surrogates
@@ -134,7 +138,10 @@ class WeftClient:
         """Start a manager on this host unless one is alive. Returns its PID if started."""
         if registry.local_manager(self.broker) is not None:
             return None
+        from weft.context import Settings
         from weft.manager import spawn_manager
+
+        Settings.from_env()  # a bad setting is the caller's one-line error, not a crash loop
 
         return spawn_manager(self.ctx, env=env)
 

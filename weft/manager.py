@@ -141,6 +141,8 @@ class Manager:
         """Take over from dead managers: give back their claims, settle their lost tasks."""
         assert self.broker is not None and self.entry is not None
         live_ids = set()
+        for message_id in registry.foreign_entries(self.broker):
+            self.broker.delete(queues.WORKERS_REGISTRY, message_id)
         for entry in registry.entries(self.broker):
             if entry.manager_id == self.entry.manager_id:
                 continue
@@ -415,7 +417,10 @@ def settle_lost_task(broker: Broker, tid: str, reason: str, *, host: str | None 
             spec = json.loads(reserved.body)
         except json.JSONDecodeError:
             spec = None
+    from weft.reserved import effective_policy
+
     policy = str(((spec or {}).get("spec") or {}).get("reserved_policy") or "keep")
+    policy = effective_policy(broker, tid, policy)
     requeue = policy == "requeue"
     if not requeue:
         broker.write(

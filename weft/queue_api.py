@@ -151,12 +151,25 @@ class QueueAPI:
     def broadcast(self, body: str, pattern: str | None = None) -> int:
         """Write ``body`` to every queue matching the glob ``pattern``; returns how many.
 
-        Without a pattern it reaches every queue except Weft's own ``weft.*`` queues (the
-        spawn requests, the state log, the registry), which only the engine may write.
+        Weft's own queues (``weft.*``: spawn requests, the state log, the registry; and each
+        task's ``T{tid}.*`` queues) are reached only by a pattern that names them, e.g.
+        ``weft.*`` or ``T*.ctrl_in``; a pattern like ``*`` or ``w*`` skips them.
         """
+        from fnmatch import fnmatchcase
+
+        from weft.queues import is_task_queue
+
         names = [name for name, _ in self.list(pattern)]
-        if pattern is None:
-            names = [n for n in names if not n.startswith(INTERNAL_PREFIX)]
+
+        def internal(name: str) -> bool:
+            return name.startswith(INTERNAL_PREFIX) or is_task_queue(name)
+
+        def named(name: str) -> bool:
+            prefix = "weft." if name.startswith(INTERNAL_PREFIX) else "T"
+            head = (pattern or "").split("*", 1)[0]
+            return bool(pattern) and head.startswith(prefix) and fnmatchcase(name, pattern or "")
+
+        names = [n for n in names if not internal(n) or named(n)]
         if not names:
             return 0
         try:

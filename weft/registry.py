@@ -133,12 +133,33 @@ class ManagerEntry:
 
 
 def entries(broker: Broker) -> list[ManagerEntry]:
+    """Registered managers of this project.
+
+    An entry from this host whose project directory is another one is not ours: it came
+    with a ``weft load`` of another project's dump, and its PID may be that project's live
+    manager. Such entries are left out (and removed by the next manager's recovery).
+    """
+    here, root = host_name(), str(broker.ctx.root)
     found = []
     for message in broker.peek_many(queues.WORKERS_REGISTRY, 1000):
         entry = ManagerEntry.parse(message.id, message.body)
-        if entry is not None:
-            found.append(entry)
+        if entry is None:
+            continue
+        if entry.host == here and entry.context and entry.context != root:
+            continue
+        found.append(entry)
     return found
+
+
+def foreign_entries(broker: Broker) -> list[int]:
+    """Message IDs of registry entries copied in from another project on this host."""
+    here, root = host_name(), str(broker.ctx.root)
+    ids = []
+    for message in broker.peek_many(queues.WORKERS_REGISTRY, 1000):
+        entry = ManagerEntry.parse(message.id, message.body)
+        if entry is not None and entry.host == here and entry.context and entry.context != root:
+            ids.append(message.id)
+    return ids
 
 
 def live_entries(broker: Broker) -> list[ManagerEntry]:

@@ -18,7 +18,7 @@ from weft import events, queues, registry, results, runner
 from weft.broker import Broker
 from weft.context import WeftContext, load_context
 from weft.events import CONTROL_COMMANDS
-from weft.reserved import apply_reserved_policy
+from weft.reserved import apply_reserved_policy, effective_policy
 from weft.taskspec import TaskSpec, parse_taskspec
 from weft.tid import short
 
@@ -130,6 +130,9 @@ class TaskProcess:
                 self.broker.close()
                 self.target = runner.start_function(fn_spec, env=env, sink=sink)
         except FileNotFoundError:
+            if spec.spec.cwd and not os.path.isdir(spec.spec.cwd):
+                missing = f"working directory not found: {spec.spec.cwd}"
+                return events.FAILED, 1, b"", b"", missing, None
             program = (spec.spec.process_target or ["?"])[0]
             return events.FAILED, 127, b"", b"", f"command not found: {program}", None
         except PermissionError:
@@ -234,7 +237,9 @@ class TaskProcess:
         else:  # STATUS, PING
             self.log(f"control_{command.lower()}", self.status)
             reply["ok"] = True
-        reply.update(status=self.status, task_pid=os.getpid(), target_pid=target.pid)
+        # After STOP/KILL the tree is ending; say where it is going, not where it was.
+        status = {"STOP": events.STOPPED, "KILL": events.KILLED}.get(command, self.status)
+        reply.update(status=status, task_pid=os.getpid(), target_pid=target.pid)
         self.broker.write(queues.ctrl_out(self.tid), json.dumps(reply))
 
     def _forward_input(self, target: runner.Target) -> None:
@@ -265,7 +270,7 @@ class TaskProcess:
         try:
             while self.stop_requested is None:
                 handled = False
-                for source in inputs:
+                for source in inputs if self.status != events.PAUSED else ():
                     message = self.broker.move_one(source, reserved)
                     if message is None:
                         continue
@@ -291,7 +296,8 @@ class TaskProcess:
         elif self.stop_requested == "KILL":
             final = events.KILLED
         summary = f"served {served} message(s), {failed} failed"
-        code = {events.TIMEOUT: 124, events.STOPPED: 143, events.KILLED: 137}.get(final, 0)
+        # STOP is how a service normally ends: exit 0 unless a message failed.
+        code = {events.TIMEOUT: 124, events.KILLED: 137}.get(final, 1 if failed else 0)
         error = f"{failed} message(s) failed" if failed else None
         self._write_result(final, code, summary + "\n", "", error)
         event = {
@@ -301,6 +307,8 @@ class TaskProcess:
         }.get(final, events.WORK_COMPLETED)
         self.log(event, final, return_code=code, served=served, failed=failed)
         self.broker.delete(reserved, int(self.tid))
+        if spec.spec.cleanup_on_exit:
+            self._cleanup_queues()
 
     def _serve_one(self, spec: TaskSpec, source: str, message_id: int, body: str) -> bool:
         status, _code, out, _err, _error, value = self._execute(spec, item=body)
@@ -335,7 +343,8 @@ class TaskProcess:
             self.log(f"control_{command.lower()}", self.status)
         else:
             reply.update(ok=False, error=f"unknown command {command!r}")
-        reply.update(status=self.status, task_pid=os.getpid())
+        status = {"STOP": events.STOPPED, "KILL": events.KILLED}.get(command, self.status)
+        reply.update(status=status, task_pid=os.getpid())
         self.broker.write(queues.ctrl_out(self.tid), json.dumps(reply))
 
     # -- output ----------------------------------------------------------------------
@@ -428,7 +437,9 @@ class TaskProcess:
 
             status, return_code, error = events.FAILED, LIMIT_EXIT_CODE, violation.message
         metrics = monitor.metrics() if monitor is not None else None
-        requeue = status != events.COMPLETED and spec.spec.reserved_policy == "requeue"
+        success = status == events.COMPLETED
+        policy = effective_policy(self.broker, self.tid, spec.spec.reserved_policy)
+        requeue = not success and policy == "requeue"
         if not requeue:
             is_function = spec.spec.type == "function"
             self._write_result(
@@ -458,12 +469,20 @@ class TaskProcess:
             metrics=metrics,
             **(violation.detail() if violation is not None else {}),
         )
-        success = status == events.COMPLETED
-        apply_reserved_policy(self.broker, self.tid, spec.spec.reserved_policy, success=success)
-        if spec.spec.cleanup_on_exit:
-            tid = self.tid
-            for name in (queues.inbox(tid), queues.ctrl_in(tid), queues.ctrl_out(tid)):
-                self.broker.delete_queue(name)
+        apply_reserved_policy(self.broker, self.tid, policy, success=success)
+        if spec.spec.cleanup_on_exit and not requeue:
+            self._cleanup_queues()
+
+    def _cleanup_queues(self) -> None:
+        """``cleanup_on_exit``: every queue of the task goes, except an unread outbox."""
+        tid = self.tid
+        for name in (
+            queues.inbox(tid),
+            queues.reserved(tid),
+            queues.ctrl_in(tid),
+            queues.ctrl_out(tid),
+        ):
+            self.broker.delete_queue(name)
 
 
 def _parse_command(body: str) -> str:

@@ -64,12 +64,15 @@ def init(
     """
     from weft.context import WEFT_DIR, _explicit_root, _read_config, find_root, init_project
 
-    target = _explicit_root(common._state["context"]) or Path.cwd().resolve()
+    explicit = _explicit_root(common._state["context"])
+    target = explicit or Path.cwd().resolve()
     existing = find_root(target)
-    if existing is not None and existing != target:
+    if explicit is None and existing is not None and existing != target:
+        # Discovery found a project above: that is this directory's project. Naming a
+        # directory with --context DIR (or WEFT_CONTEXT) creates one there on purpose.
         print(
             f"Already inside the weft project at {_shown(existing / WEFT_DIR)}; nothing created "
-            "(use --context DIR to name another directory)"
+            "(weft --context DIR init creates a separate project in DIR)"
         )
         return
     keys = ("backend", "dsn", "schema")

@@ -29,7 +29,7 @@ def _exit_code_for(result: dict[str, Any]) -> int:
     if result.get("status") == "completed":
         return EXIT_OK
     code = result.get("return_code")
-    if isinstance(code, int) and 0 < code < 256:
+    if isinstance(code, int) and 0 <= code < 256:
         return code
     return EXIT_ERROR
 
@@ -67,8 +67,10 @@ def _wait_and_print(
     try:
         if stream:
             result: dict[str, Any] = {}
-            for item in client.stream(tid, timeout=None):
+            chunks = 0
+            for item in client.stream(tid, timeout=timeout):
                 if item.get("type") == "chunk":
+                    chunks += 1
                     target = sys.stdout if item.get("stream") == "stdout" else sys.stderr
                     if not as_json:
                         target.write(item.get("data", ""))
@@ -77,6 +79,12 @@ def _wait_and_print(
                     result = item
             if as_json:
                 common.print_json(result)
+            elif is_function or not chunks:
+                # The value of a function, or a task that did not stream: print the result.
+                shown = dict(result) if not chunks else {**result, "stdout": "", "stderr": ""}
+                if chunks:
+                    shown["streamed"] = True
+                _print_output(shown, is_function=is_function)
             elif result.get("error") and result.get("status") != "completed":
                 sys.stderr.write(f"weft: task {tid[-10:]}: {result['error']}\n")
         else:
@@ -92,7 +100,7 @@ def _wait_and_print(
         )
         return 130
     if announce:
-        print(f"Task completed: {tid}", file=sys.stderr)
+        print(f"Task {result.get('status', 'ended')}: {tid}", file=sys.stderr)
     return _exit_code_for(result)
 
 
@@ -208,6 +216,28 @@ def _run(
     if spec_file is not None:
         if command or function:
             raise UsageError("--spec runs the file's task: give no command or --function with it")
+        given = [
+            flag
+            for flag, value in (
+                ("--timeout", timeout),
+                ("--memory", memory),
+                ("--cpu", cpu),
+                ("--env", env),
+                ("--tag", tag),
+                ("--name", name),
+                ("--arg", arg),
+                ("--kw", kw),
+                ("--stream-output", stream_output),
+                ("--interactive", interactive),
+                ("--cleanup", cleanup),
+                ("--reserved-policy", policy != "keep"),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot be combined with --spec: set them in the file"
+            )
         if str(spec_file) == "-":
             text = sys.stdin.read()
         else:
@@ -221,8 +251,12 @@ def _run(
             raise UsageError("--timeout must be a positive number of seconds")
         args = [_json_or_text(a) for a in arg or []]
         kwargs = {k: _json_or_text(v) for k, v in _split_pairs(kw, "--kw").items()}
+        if not command and not function:
+            raise UsageError("nothing to run: give a command, --function or --spec")
         if (args or kwargs) and not function:
             raise UsageError("--arg and --kw go with --function")
+        if interactive and function:
+            raise UsageError("--interactive connects a command's stdin; a --function has none")
         spec = build_spec(
             command=list(command) if command else None if function else [],
             function=function,
