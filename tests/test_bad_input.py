@@ -10,12 +10,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import Weft
 from tests.helpers import log_events, queue_bodies, wait_for
-from tests.test_durability import assert_integrity
+from tests.test_durability import assert_integrity, targets_of
 
 Check = Callable[[], None]
 
@@ -189,18 +188,6 @@ def test_task_that_closes_stdout_early(weft: Weft, project: Path, intact: Check)
     intact()
 
 
-def _tree_of(tid: str) -> list[psutil.Process]:
-    """The processes a task's target left behind (they carry WEFT_TID in their environment)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("WEFT_TID") == tid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 def test_task_that_leaves_a_daemon_child(weft: Weft, project: Path, intact: Check) -> None:
     """The target's whole session ends with the task: at completion, on STOP, on timeout."""
     began = time.monotonic()
@@ -208,14 +195,14 @@ def test_task_that_leaves_a_daemon_child(weft: Weft, project: Path, intact: Chec
     data = json.loads(r.stdout)
     assert data["status"] == "completed" and data["output"] == "started\n"
     assert time.monotonic() - began < 4  # not held up by the child's copy of stdout
-    assert not _tree_of(data["tid"])
+    assert not targets_of(data["tid"])
     tid = weft("run", "--no-wait", "sh", "-c", "sleep 301 & sleep 302").stdout.strip()
-    wait_for(lambda: len(_tree_of(tid)) == 3, 30, "the task's three processes")
+    wait_for(lambda: len(targets_of(tid)) == 3, 30, "the task's three processes")
     assert weft("task", "stop", tid).returncode == 0
-    wait_for(lambda: not _tree_of(tid), 10, "the whole tree to end on STOP")
+    wait_for(lambda: not targets_of(tid), 10, "the whole tree to end on STOP")
     r = weft("run", "--json", "--timeout", "1", "sh", "-c", "sleep 303 & sleep 304")
     assert r.returncode == 124
-    assert not _tree_of(json.loads(r.stdout)["tid"])
+    assert not targets_of(json.loads(r.stdout)["tid"])
     intact()
 
 

@@ -140,6 +140,18 @@ def _live_managers(root: Path) -> list[int]:
     return found
 
 
+def targets_of(tid: str) -> list[psutil.Process]:
+    """Live processes a task's target started (they carry WEFT_TID in their environment)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("WEFT_TID") == tid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def _claimed(root: Path) -> list[tuple[str, int]]:
     """(claim queue, message ID) of every spawn request a manager has claimed."""
     db = sqlite3.connect(root / ".weft" / "broker.db")
@@ -186,10 +198,10 @@ def assert_integrity(weft: Weft, root: Path) -> None:
 
 
 def test_manager_sigkill_while_20_tasks_run(weft: Weft, project: Path) -> None:
-    specs = [_spec("sleep", "2") for _ in range(19)] + [_spec("sleep", "60")]
+    specs = [_spec("sleep", "2") for _ in range(18)] + [_spec("sleep", "60")] * 2
     first = _python(weft, SUBMIT, json.dumps(specs), "{}")
     tids, manager = first["tids"], first["manager"]
-    lost, survivors = tids[-1], tids[:-1]
+    survivors, lost, adopted = tids[:-2], tids[-2], tids[-1]
 
     def all_started() -> dict[str, dict[str, Any]] | None:
         found = {e["tid"]: e for e in log_events(project) if e["event"] == "work_started"}
@@ -225,10 +237,20 @@ def test_manager_sigkill_while_20_tasks_run(weft: Weft, project: Path) -> None:
     failed = wait_for(lambda: _event(project, lost, "work_failed"), 10, "the lost task settled")
     assert failed["status"] == "failed" and failed["error"] == f"task process {lost_pid} vanished"
     wait_for(lambda: _gone(orphan), 10, "the orphaned target to be ended")
+    # The task still running was adopted, not settled; the new manager watches it.
+    assert log_events(project, adopted)[-1]["event"] == "work_started"
+    adopted_pid = started[adopted]["task_pid"]
+    os.kill(adopted_pid, signal.SIGKILL)
+    failed = wait_for(
+        lambda: _event(project, adopted, "work_failed"), 5, "the adopted task settled"
+    )
+    assert failed["error"] == f"task process {adopted_pid} vanished"
+    wait_for(lambda: _gone(started[adopted]["target_pid"]), 10, "its target to be ended")
 
     got = _python(weft, RESULTS, json.dumps(tids + late), "30")
     assert {t: got[t]["status"] for t in survivors} == dict.fromkeys(survivors, "completed")
-    assert got[lost]["status"] == "failed" and "vanished" in got[lost]["error"]
+    for tid in (lost, adopted):
+        assert got[tid]["status"] == "failed" and "vanished" in got[tid]["error"]
     assert [got[t]["output"] for t in late] == [f"late {i}\n" for i in range(5)]
     # Nothing lost, nothing ran twice.
     initialized = Counter(e["tid"] for e in log_events(project) if e["event"] == "task_initialized")
@@ -298,6 +320,34 @@ def test_task_process_sigkill_mid_work(weft: Weft, project: Path, policy: str) -
         assert names.count("task_initialized") == 2 and names[-1] == "work_completed"
         assert queue_bodies(project, f"T{tid}.reserved") == []
     assert weft("run", "echo", "ok").stdout == "ok\n"
+    assert_integrity(weft, project)
+
+
+def test_queue_fed_task_killed_mid_item_requeues_the_item(weft: Weft, project: Path) -> None:
+    """A serving task's in-flight input goes back to its input queue, not to the spawn queue."""
+    marker = project / "marker"
+    script = (
+        f'read x; if [ -e "{marker}" ]; then echo "done $x"; else touch "{marker}"; sleep 60; fi'
+    )
+    spec = {
+        "name": "server",
+        "spec": {"process_target": ["sh", "-c", script], "reserved_policy": "requeue"},
+        "io": {"inputs": {"in": "jobs.in"}, "outputs": {"out": "jobs.out"}},
+    }
+    (project / "server.json").write_text(json.dumps(spec))
+    tid = weft("run", "--no-wait", "--spec", "server.json").stdout.strip()
+    assert weft("queue", "write", "jobs.in", "a").returncode == 0
+    started = wait_for(lambda: _event(project, tid, "work_started"), 30, "the server to start")
+    wait_for(marker.exists, 15, "the first attempt at the item")
+    os.kill(started["task_pid"], signal.SIGKILL)
+    wait_for(lambda: queue_bodies(project, "jobs.out"), 15, "the item to be served again")
+    assert queue_bodies(project, "jobs.out") == ["done a"]
+    assert queue_bodies(project, "jobs.in") == []
+    tids = {e["tid"] for e in log_events(project)}
+    assert tids == {tid}  # the item was never taken for a spawn request
+    assert not targets_of(tid)  # the first attempt's orphaned target was ended
+    assert weft("task", "stop", tid).returncode == 0
+    assert json.loads(weft("result", tid, "--timeout", "30").stdout)["status"] == "stopped"
     assert_integrity(weft, project)
 
 

@@ -198,7 +198,13 @@ _checked_lock = threading.Lock()
 
 
 def preflight(dsn: str, display: str) -> None:
-    """Connect once (per process and DSN) so a bad server fails in seconds, in one line."""
+    """Connect once per process and DSN, so a bad server fails in seconds and in one line."""
+    from multiprocessing import parent_process
+
+    if parent_process() is not None:
+        # A task process, forked for a manager that reached this server moments ago: a
+        # third connection per task (PostgreSQL forks a backend for each) buys nothing.
+        return
     key = (os.getpid(), dsn)
     with _checked_lock:
         if key in _checked:

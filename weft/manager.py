@@ -443,13 +443,15 @@ def settle_lost_task(broker: Broker, tid: str, reason: str, *, host: str | None 
             requeued=requeue or None,
         ),
     )
-    apply_reserved_policy(broker, tid, policy, success=False)
+    inputs = list((((spec or {}).get("io") or {}).get("inputs") or {}).values())
+    apply_reserved_policy(broker, tid, policy, success=False, inputs=inputs)
 
 
 def _end_orphaned_target(broker: Broker, tid: str) -> None:
     """Kill the process tree of a dead task's target, if it still runs on this host."""
     host = registry.host_name()
-    for event in events.events_for(broker, tid):
+    history = events.events_for(broker, tid)
+    for event in history:
         target_pid = event.get("target_pid")
         if event.get("event") != events.WORK_STARTED or not target_pid or event.get("host") != host:
             continue
@@ -458,6 +460,18 @@ def _end_orphaned_target(broker: Broker, tid: str) -> None:
                 os.killpg(target_pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    if not any(event.get("host") == host for event in history):
+        return
+    # A queue-fed task starts a target per input item and logs no PID for it: find what
+    # is left by the WEFT_TID every target (and whatever it started) has in its environment.
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("WEFT_TID") == tid:
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
 
 
 def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> int:

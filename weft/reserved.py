@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from weft import queues
@@ -29,13 +30,21 @@ def effective_policy(broker: Broker, tid: str, policy: str) -> str:
     return "requeue" if done < max_requeues() else "keep"
 
 
-def apply_reserved_policy(broker: Broker, tid: str, policy: str, *, success: bool) -> None:
+def apply_reserved_policy(
+    broker: Broker, tid: str, policy: str, *, success: bool, inputs: Sequence[str] = ()
+) -> None:
     """Success always deletes the work message. On failure or stop: ``keep`` leaves it in
     ``T{tid}.reserved`` for inspection, ``clear`` deletes it, and ``requeue`` hands it back
     to ``weft.spawn.requests`` (the move keeps the message ID, so it runs again as the same
-    TID)."""
+    TID).
+
+    Only the spawn request (ID = TID) goes back there. A queue-fed task that died mid-item
+    also holds that item here: it returns to the task's input queue (``inputs``, when there
+    is exactly one), else stays here; taken for a spawn request it would be lost."""
     reserved = queues.reserved(tid)
     if success or policy == "clear":
         broker.delete_queue(reserved)
     elif policy == "requeue":
-        broker.move_all(reserved, queues.SPAWN_REQUESTS)
+        broker.move_one(reserved, queues.SPAWN_REQUESTS, message_id=int(tid))
+        if len(inputs) == 1:
+            broker.move_all(reserved, inputs[0])
