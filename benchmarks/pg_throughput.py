@@ -68,20 +68,58 @@ class Host:
         return proc.stdout
 
 
-def run_round(client: Any, n: int) -> dict[str, Any]:
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of processes and all their descendants, the reaped ones included."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            t = root.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+            for child in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    c = child.cpu_times()
+                    total += c.user + c.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def cpu_now(weft_pids: list[int], pg_pid: int | None) -> tuple[float, float, float]:
+    """(this client, managers with fork servers and tasks, PostgreSQL server) CPU seconds."""
+    me = os.times()
+    return (
+        me.user + me.system,
+        tree_cpu(weft_pids),
+        tree_cpu([pg_pid]) if pg_pid else 0.0,
+    )
+
+
+def run_round(
+    client: Any, n: int, weft_pids: list[int] | None = None, pg_pid: int | None = None
+) -> dict[str, Any]:
     spec = {"spec": {"type": "command", "process_target": ["true"]}}
+    before = cpu_now(weft_pids or [], pg_pid)
     start = time.perf_counter()
     tids = [client.submit(spec, ensure_manager=False) for _ in range(n)]
     submitted = time.perf_counter()
     statuses = Counter(client.result(tid, timeout=120)["status"] for tid in tids)
     elapsed = time.perf_counter() - start
+    time.sleep(0.3)  # the last task processes exit and are reaped: their CPU counts
+    after = cpu_now(weft_pids or [], pg_pid)
+    cpu = [round(1000 * (a - b) / n, 1) for a, b in zip(after, before, strict=True)]
     return {
         "tids": tids,
         "seconds": round(elapsed, 3),
         "tasks_per_s": round(n / elapsed, 1),
         "submit_per_s": round(n / (submitted - start), 1),
         "statuses": dict(statuses),
-    }
+        "cpu_ms_per_task": {"client": cpu[0], "weft": cpu[1], "postgres": cpu[2],
+                            "total": round(sum(cpu), 1)},
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
 
 
 def hosts_of(client: Any, tids: list[str]) -> dict[str, int]:
@@ -116,6 +154,7 @@ def setup(
             host.weft("manager", "start")
         with WeftClient.open(hosts[0].root, create=False) as client:
             run_round(client, 10)  # warm: fork servers up, connections open
+            client.bench_pids = [m.pid for m in client.managers()]
             yield client
     finally:
         for host in hosts:
@@ -159,10 +198,13 @@ def main() -> int:
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         dsn = args.dsn
+        pg_pid = None
         if dsn is None:
             cluster = stack.enter_context(pg_cluster.running_cluster())
             dsn = cluster.dsn
             info["postgres"] = f"local throwaway cluster, {cluster.bin_dir}"
+            pid_file = cluster.directory / "data" / "postmaster.pid"
+            pg_pid = int(pid_file.read_text().split()[0])
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weft-pgbench-")))
         env = clean_env(base)
         setups = [
@@ -172,20 +214,27 @@ def main() -> int:
         ]
         for label, managers, target in setups:
             with setup(label, base, env, managers, target) as client:
-                rounds = [run_round(client, args.tasks) for _ in range(args.rounds)]
+                server = pg_pid if target else None
+                rounds = [
+                    run_round(client, args.tasks, client.bench_pids, server)
+                    for _ in range(args.rounds)
+                ]
                 split = hosts_of(client, [t for r in rounds for t in r["tids"]])
             rates = [r["tasks_per_s"] for r in rounds]
+            cpu = statistics.median(r["cpu_ms_per_task"]["total"] for r in rounds)
             results[label] = {
                 "managers": managers,
                 "tasks": args.tasks,
                 "rounds": [{k: v for k, v in r.items() if k != "tids"} for r in rounds],
                 "median_tasks_per_s": statistics.median(rates),
                 "median_submit_per_s": statistics.median(r["submit_per_s"] for r in rounds),
+                "median_cpu_ms_per_task": cpu,
                 "tasks_by_host": split,
             }
             print(
-                f"{label:<22} {statistics.median(rates):7.1f} tasks/s "
-                f"(rounds: {', '.join(f'{x:g}' for x in rates)}; by host: {split})",
+                f"{label:<22} {statistics.median(rates):7.1f} tasks/s, {cpu:5.1f} ms CPU/task "
+                f"(rounds: {', '.join(f'{x:g}' for x in rates)}; by host: {split}; "
+                f"CPU: {[r['cpu_ms_per_task'] for r in rounds]})",
                 flush=True,
             )
     report = {"machine": info, "results": results}

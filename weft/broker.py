@@ -9,6 +9,7 @@ child that touches it gets fresh handles instead of the parent's connections.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -245,8 +246,18 @@ class Broker:
 
     # -- waiting -------------------------------------------------------------------------
 
-    def waiter(self, names: Sequence[str]) -> Activity:
-        return Activity(self, names)
+    def waiter(
+        self, names: Sequence[str], *, wake_fd: int | None = None, fast_for: float = 0.0
+    ) -> Activity:
+        return Activity(self, names, wake_fd=wake_fd, fast_for=fast_for)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 class Activity:
@@ -261,7 +272,22 @@ class Activity:
     NATIVE_SLICE = 0.25  # longest native (LISTEN/NOTIFY) wait before looking at the stop flag
     MAX_INTERVAL = float(os.environ.get("WEFT_POLL_MAX_INTERVAL", "0.05"))
 
-    def __init__(self, broker: Broker, names: Sequence[str]) -> None:
+    FAST_INTERVAL = 0.004
+
+    def __init__(
+        self,
+        broker: Broker,
+        names: Sequence[str],
+        *,
+        wake_fd: int | None = None,
+        fast_for: float = 0.0,
+    ) -> None:
+        """``wake_fd``: a pipe whose becoming readable also ends a wait (a signal's wakeup
+        fd: the manager is poked by SIGUSR1 when a task is submitted). ``fast_for``: for
+        this many seconds, poll at least every FAST_INTERVAL (a client waiting for a result
+        that is likely to land soon)."""
+        self._wake_fd = wake_fd
+        self._fast_until = time.monotonic() + fast_for
         self._broker = broker
         self._names = list(names)
         self._stop = threading.Event()
@@ -301,10 +327,20 @@ class Activity:
                 self._version = version
                 self._interval = self.MIN_INTERVAL
                 return True
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0 or self._stop.is_set():
                 return False
-            self._stop.wait(min(self._interval, remaining))
+            ceiling = self.FAST_INTERVAL if now < self._fast_until else self.MAX_INTERVAL
+            pause = min(self._interval, ceiling, remaining)
+            if self._wake_fd is not None:
+                ready, _, _ = select.select([self._wake_fd], [], [], pause)
+                if ready:
+                    _drain(self._wake_fd)
+                    self._interval = self.MIN_INTERVAL
+                    return True
+            else:
+                self._stop.wait(pause)
             self._interval = min(self._interval * 2, self.MAX_INTERVAL)
 
     def poke(self) -> None:

@@ -6,6 +6,7 @@ manager, the task processes) only ever meet the client through queues.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from weft import events, queues, registry, results
 from weft.broker import Broker
 from weft.context import WeftContext, load_context
 from weft.errors import NotFoundError, UsageError, WaitTimeout, WeftError
+from weft.spec_options import PreparedSpec
 from weft.tid import is_full, short
 
 if TYPE_CHECKING:
@@ -27,9 +29,8 @@ if TYPE_CHECKING:
 # Result fields whose text a task wrote to a file under .weft/outputs/ (too big for a message).
 SPILLED = (("output_ref", "output"), ("stdout_ref", "stdout"), ("stderr_ref", "stderr"))
 EVENT_HEADROOM = 16 * 1024  # bytes an event adds to the spec it carries (status, error...)
-MANAGER_CHECK_SECONDS = (
-    2.0  # while waiting on a pending task, how often to make sure a manager runs
-)
+FAST_WAIT_SECONDS = 2.0  # most results land this soon: poll briskly that long, then ease off
+MANAGER_CHECK_SECONDS = 2.0  # while a task is pending, how often to make sure a manager runs
 
 
 class WeftClient:
@@ -70,19 +71,34 @@ class WeftClient:
 
     def submit(
         self,
-        spec: TaskSpec | dict[str, Any] | str,
+        spec: TaskSpec | PreparedSpec | dict[str, Any] | str,
         *,
         ensure_manager: bool = True,
         manager_env: dict[str, str] | None = None,
     ) -> str:
-        """Queue a task; returns its TID. Starts a manager if none runs on this host."""
-        from weft.taskspec import TaskSpec, parse_taskspec
+        """Queue a task; returns its TID. Starts a manager if none runs on this host.
 
-        task = spec if isinstance(spec, TaskSpec) else parse_taskspec(spec)
+        ``spec`` is a TaskSpec, its JSON or dict form, or a ``PreparedSpec`` from
+        ``weft.spec_options`` (already checked: written without loading the model).
+        """
         if ensure_manager:
             from weft.context import Settings
 
             Settings.from_env()  # a bad setting fails here, before anything is written
+        if isinstance(spec, PreparedSpec) and self._fits_fast_path(spec.body):
+            body = spec.body
+        else:
+            body = self._model_body(spec.body if isinstance(spec, PreparedSpec) else spec)
+        tid = str(self.broker.write(queues.SPAWN_REQUESTS, body))
+        self._fresh.add(tid)
+        if ensure_manager:
+            self.ensure_manager(env=manager_env)
+        return tid
+
+    def _model_body(self, spec: TaskSpec | dict[str, Any] | str) -> str:
+        from weft.taskspec import TaskSpec, parse_taskspec
+
+        task = spec if isinstance(spec, TaskSpec) else parse_taskspec(spec)
         try:
             body = task.model_dump_json(exclude={"state", "tid"})
         except ValueError as exc:  # pydantic's serialisation error: lone surrogates
@@ -91,11 +107,13 @@ class WeftClient:
                 "environment value or a path?); pass binary data through a file instead"
             ) from exc
         self._check_size(task, body)
-        tid = str(self.broker.write(queues.SPAWN_REQUESTS, body))
-        self._fresh.add(tid)
-        if ensure_manager:
-            self.ensure_manager(env=manager_env)
-        return tid
+        return body
+
+    def _fits_fast_path(self, body: str) -> bool:
+        """A prepared body goes straight in unless it is near the size limit; then the
+        model path measures what the task log will need (see ``_check_size``)."""
+        limit = int(self.ctx.broker_config["MAX_MESSAGE_SIZE"])
+        return len(body) * 6 <= limit - min(EVENT_HEADROOM, limit // 2)
 
     def _check_size(self, task: TaskSpec, body: str) -> None:
         """Refuse a spec that the task log could not carry in its events.
@@ -118,25 +136,38 @@ class WeftClient:
             )
 
     def run(self, command: Sequence[str] | str, **options: Any) -> str:
-        """Submit a command (argv list, or a string split like a shell would); returns the TID."""
-        from weft.taskspec import build_spec
+        """Submit a command (argv list, or a string split like a shell would); returns the TID.
 
+        ``options`` are those of ``weft.spec_options.spec_data`` (timeout, memory, cpu, env,
+        tags, name, ...).
+        """
         argv = command.split() if isinstance(command, str) else list(command)
-        return self.submit(build_spec(command=argv, **options))
+        return self.submit_options(command=argv, **options)
 
     def run_function(
         self, target: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> str:
         """Submit ``module:function`` with arguments; returns the TID."""
-        from weft.taskspec import build_spec
+        return self.submit_options(function=target, args=list(args), kwargs=kwargs or {}, **options)
 
-        return self.submit(
-            build_spec(function=target, args=list(args), kwargs=kwargs or {}, **options)
-        )
+    def submit_options(self, *, manager_env: dict[str, str] | None = None, **options: Any) -> str:
+        """Submit a task described by task options (see ``spec_options.spec_data``)."""
+        from weft.spec_options import prepare, spec_data
+
+        data = spec_data(**options)
+        prepared = prepare(data)
+        return self.submit(prepared if prepared is not None else data, manager_env=manager_env)
 
     def ensure_manager(self, env: dict[str, str] | None = None) -> int | None:
-        """Start a manager on this host unless one is alive. Returns its PID if started."""
-        if registry.local_manager(self.broker) is not None:
+        """Start a manager on this host unless one is alive (then wake it: there may be
+        work). Returns the PID of a manager started now."""
+        alive = registry.local_manager(self.broker)
+        if alive is not None:
+            import os
+            import signal
+
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(alive.pid, signal.SIGUSR1)
             return None
         from weft.context import Settings
         from weft.manager import spawn_manager
@@ -231,7 +262,7 @@ class WeftClient:
         """
         tid = self.resolve_tid(tid)
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiter = self.broker.waiter([queues.outbox(tid)])
+        waiter = self.broker.waiter([queues.outbox(tid)], fast_for=FAST_WAIT_SECONDS)
         checked_history = tid in self._fresh
         next_manager_check = time.monotonic() + MANAGER_CHECK_SECONDS
         try:
@@ -289,7 +320,7 @@ class WeftClient:
         tid = self.resolve_tid(tid)
         deadline = None if timeout is None else time.monotonic() + timeout
         outbox = queues.outbox(tid)
-        waiter = self.broker.waiter([outbox])
+        waiter = self.broker.waiter([outbox], fast_for=FAST_WAIT_SECONDS)
         cursor: int | None = None
         try:
             while True:

@@ -292,19 +292,27 @@ class Manager:
         return time.monotonic() - self.last_activity >= self.settings.idle_timeout
 
     def run(self) -> int:
+        # Clients wake a registered manager with SIGUSR1 (whose default would end us), so
+        # the handlers come before anything else. The signal's byte on this pipe ends the
+        # wait at once: an idle manager can poll the database slowly and still start fast.
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         if not self.acquire_lock():
             return 0
         self.start_fork_server()
         self.broker = Broker(self.ctx)
         self.register()
         assert self.entry is not None
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
         _set_title(self.ctx, self.entry.manager_id, "recovering")
         self.recover()
         if self.settings.autostart:
             self.launch_autostart()
-        waiter = self.waiter = self.broker.waiter([queues.SPAWN_REQUESTS])
+        waiter = self.waiter = self.broker.waiter([queues.SPAWN_REQUESTS], wake_fd=wake_r)
         next_beat = time.monotonic() + registry.HEARTBEAT_SECONDS
         state = ""
         try:

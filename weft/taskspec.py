@@ -199,70 +199,9 @@ def parse_taskspec(data: str | bytes | dict[str, Any], *, source: str = "TaskSpe
         raise UsageError(f"invalid {source}: {format_validation_error(exc)}") from None
 
 
-def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {item!r} must look like KEY=VALUE")
-        out[key] = value
-    return out
+def build_spec(**options: Any) -> TaskSpec:
+    """A TaskSpec from the options a person types (``weft run``) or a program passes
+    (see ``weft.spec_options.spec_data`` for the options)."""
+    from weft.spec_options import spec_data
 
-
-def build_spec(
-    *,
-    command: list[str] | None = None,
-    function: str | None = None,
-    args: list[Any] | None = None,
-    kwargs: dict[str, Any] | None = None,
-    name: str | None = None,
-    timeout: float | None = None,
-    memory: int | None = None,
-    cpu: int | None = None,
-    env: dict[str, str] | list[str] | None = None,
-    tags: list[str] | None = None,
-    stream_output: bool = False,
-    interactive: bool = False,
-    cleanup_on_exit: bool = False,
-    reserved_policy: str = "keep",
-    cwd: str | None = None,
-    inputs: dict[str, str] | None = None,
-    outputs: dict[str, str] | None = None,
-) -> TaskSpec:
-    """A TaskSpec from the options a person types (``weft run``) or a program passes."""
-    if command is not None and function is not None:
-        raise UsageError("give a command or --function, not both")
-    if command is None and function is None:
-        raise UsageError("nothing to run: give a command, --function or --spec")
-    if command is not None and (not command or not command[0].strip()):
-        raise UsageError("the command is empty")
-    env_map = env if isinstance(env, dict) else _pairs(env, "--env")
-    for tag in tags or []:
-        if not tag.strip():
-            raise UsageError("--tag must not be empty")
-    data: dict[str, Any] = {
-        "spec": {
-            "type": "command" if command is not None else "function",
-            "process_target": command,
-            "function_target": function,
-            "args": args or [],
-            "kwargs": kwargs or {},
-            "timeout": timeout,
-            "limits": {"memory_mb": memory, "cpu_percent": cpu},
-            "env": env_map,
-            "stream_output": stream_output,
-            "interactive": interactive,
-            "cleanup_on_exit": cleanup_on_exit,
-            "reserved_policy": reserved_policy,
-            "cwd": cwd,
-        },
-        "io": {"inputs": inputs or {}, "outputs": outputs or {}},
-        "metadata": {"tags": list(tags or [])},
-    }
-    if command is None:
-        del data["spec"]["process_target"]
-    else:
-        del data["spec"]["function_target"]
-    if name:
-        data["name"] = name
-    return parse_taskspec(data, source="task options")
+    return parse_taskspec(spec_data(**options), source="task options")

@@ -9,6 +9,7 @@ from weft.context import parse_duration
 
 system_app = typer.Typer(help="Maintenance: prune finished tasks.", no_args_is_help=True)
 
+
 @system_app.command("prune")
 @common.handle_errors
 def prune(

@@ -211,8 +211,9 @@ def _run(
     cleanup: bool,
     no_autostart: bool,
 ) -> int:
-    from weft.taskspec import build_spec, parse_taskspec
+    from weft.spec_options import PreparedSpec, prepare, spec_data
 
+    spec: Any
     if spec_file is not None:
         if command or function:
             raise UsageError("--spec runs the file's task: give no command or --function with it")
@@ -245,7 +246,15 @@ def _run(
                 text = spec_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise UsageError(f"cannot read --spec {spec_file}: {exc.strerror}") from None
-        spec = parse_taskspec(text, source=f"TaskSpec {spec_file}")
+        from weft.taskspec import parse_taskspec
+
+        model = parse_taskspec(text, source=f"TaskSpec {spec_file}")
+        spec = model
+        kind, streams, interactive = (
+            model.spec.type,
+            model.spec.stream_output,
+            model.spec.interactive,
+        )
     else:
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
@@ -253,11 +262,16 @@ def _run(
         kwargs = {k: _json_or_text(v) for k, v in _split_pairs(kw, "--kw").items()}
         if not command and not function:
             raise UsageError("nothing to run: give a command, --function or --spec")
+        if command and command[0].startswith("-") and command[0] != "-":
+            raise UsageError(
+                f"unknown option {command[0]} (see weft run --help; a program whose name "
+                "starts with '-' goes after --)"
+            )
         if (args or kwargs) and not function:
             raise UsageError("--arg and --kw go with --function")
         if interactive and function:
             raise UsageError("--interactive connects a command's stdin; a --function has none")
-        spec = build_spec(
+        data = spec_data(
             command=list(command) if command else None if function else [],
             function=function,
             args=args,
@@ -274,6 +288,17 @@ def _run(
             reserved_policy=policy,
             cwd=os.getcwd(),
         )
+        # Checked without loading the TaskSpec model (start-up time); the model is the
+        # fallback for anything the fast checks do not cover.
+        prepared: PreparedSpec | None = prepare(data)
+        if prepared is None:
+            from weft.taskspec import parse_taskspec
+
+            spec = parse_taskspec(data, source="task options")
+        else:
+            spec = prepared
+        kind = "function" if function else "command"
+        streams = stream_output
     client = common.client()
     manager_env = {"WEFT_AUTOSTART_TASKS": "false"} if no_autostart else None
     tid = client.submit(spec, manager_env=manager_env)
@@ -283,15 +308,15 @@ def _run(
         else:
             print(tid)
         return EXIT_OK
-    if spec.spec.interactive:
+    if interactive:
         _pump_stdin(client, tid)
     return _wait_and_print(
         client,
         tid,
         timeout=None,
         as_json=as_json,
-        is_function=spec.spec.type == "function",
-        stream=spec.spec.stream_output or spec.spec.interactive,
+        is_function=kind == "function",
+        stream=streams or interactive,
         announce=spec_file is not None,
     )
 
