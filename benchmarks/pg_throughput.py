@@ -78,10 +78,10 @@ def tree_cpu(pids: list[int]) -> float:
             root = psutil.Process(pid)
             t = root.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
-            for child in root.children(recursive=True):
+            for child in root.children(recursive=True):  # (a fork server reaps its tasks)
                 with contextlib.suppress(psutil.Error):
                     c = child.cpu_times()
-                    total += c.user + c.system
+                    total += c.user + c.system + c.children_user + c.children_system
         except psutil.Error:
             continue
     return total

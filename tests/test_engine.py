@@ -343,6 +343,11 @@ def test_manager_start_status_stop(weft: Weft, project: Path) -> None:
     assert r.returncode == 0 and r.stdout.startswith("Manager: Running (PID ")
     assert weft("manager", "status").stdout.startswith("Manager: Running")
     assert len(_manager_pids(project)) == 1
+    # Clients wake it with SIGUSR1 after a submit; that must never end it.
+    pid = _manager_pids(project)[0]
+    os.kill(pid, signal.SIGUSR1)
+    assert weft("run", "echo", "awake").stdout == "awake\n"
+    assert _manager_pids(project) == [pid]
     r = weft("manager", "stop")
     assert r.returncode == 0
     assert not _manager_pids(project)

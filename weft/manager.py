@@ -229,6 +229,10 @@ class Manager:
         launched = 0
         claims = queues.spawn_claims(self.entry.manager_id)
         while not self.stopping:
+            # A read first: most wake-ups are other commits, and a claim attempt would take
+            # the database's write lock for nothing.
+            if not self.broker.has_messages(queues.SPAWN_REQUESTS):
+                break
             claimed = self.broker.move_one(queues.SPAWN_REQUESTS, claims)
             if claimed is None:
                 break
@@ -261,6 +265,11 @@ class Manager:
                 from weft.runner import describe_exit
 
                 settle_lost_task(self.broker, tid, f"task process {describe_exit(code)}")
+            elif self.entry is not None and self.broker.peek_one(
+                queues.spawn_claims(self.entry.manager_id), message_id=int(tid)
+            ):
+                # It exited cleanly yet never took its request: it must not wait forever.
+                settle_lost_task(self.broker, tid, "task process exited before taking its work")
         for tid, pid in list(self.adopted.items()):
             if registry.pid_is_weft(pid):
                 continue
