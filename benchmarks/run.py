@@ -66,12 +66,13 @@ class Sizes:
     idle_cpu_seconds: float
     mcp_runs: int
     queue_messages: int
+    growth_tasks: int  # finished tasks put into a project to see how calls scale
 
 
 MODES = {
-    "full": Sizes(20, 15, 15, 8, 3, 500, 75.0, 5, 10.0, 15, 2000),
-    "quick": Sizes(6, 5, 5, 3, 1, 150, 40.0, 3, 3.0, 5, 1000),
-    "smoke": Sizes(2, 2, 2, 1, 1, 8, 20.0, 2, 0.5, 2, 50),
+    "full": Sizes(20, 15, 15, 8, 3, 500, 75.0, 5, 10.0, 15, 2000, 10_000),
+    "quick": Sizes(6, 5, 5, 3, 1, 150, 40.0, 3, 3.0, 5, 1000, 1000),
+    "smoke": Sizes(2, 2, 2, 1, 1, 8, 20.0, 2, 0.5, 2, 50, 50),
 }
 
 
@@ -140,6 +141,10 @@ def make_rows() -> dict[str, Row]:
         # Informational: how the figures above move once the task log holds ~1000 tasks.
         Row("status_large", "`weft status` after the throughput rows", "ms"),
         Row("cold_run_large", "cold `weft run echo hi` after the throughput rows", "ms"),
+        # Cost as work grows: each figure with N finished tasks over the same on an empty project.
+        Row("growth_run", "`weft run echo hi` with N finished tasks / empty", "x", 1.5),
+        Row("growth_status", "`weft status` with N finished tasks / empty", "x", 1.5),
+        Row("growth_result", "`weft result TID` with N finished tasks / empty", "x", 1.5),
     ]
     return {row.key: row for row in rows}
 
@@ -384,6 +389,61 @@ def bench_status(proj: Project, row: Row, n: int) -> None:
 def _task_count(proj: Project) -> int:
     client = proj.open_client()
     return sum(1 for _ in client.tasks())
+
+
+def _seed_finished_tasks(proj: Project, count: int) -> None:
+    """Put ``count`` finished tasks into the project's log, as real tasks leave them
+    (task_initialized, work_started, work_completed, each carrying the spec)."""
+    from weft import events
+
+    client = proj.open_client()
+    spec = {
+        "name": "echo",
+        "spec": {"type": "command", "process_target": ["echo", "hi"], "timeout": None},
+        "io": {"inputs": {}, "outputs": {}},
+        "metadata": {"tags": []},
+    }
+    base = 1_700_000_000_000_000_000
+    for i in range(count):
+        tid = str(base + i * 4096)
+        for name, status in (
+            (events.TASK_INITIALIZED, events.RUNNING),
+            (events.WORK_STARTED, events.RUNNING),
+            (events.WORK_COMPLETED, events.COMPLETED),
+        ):
+            event = events.make_event(name, tid, status, taskspec=spec, task_pid=1, return_code=0)
+            events.log_event(client.broker, event)
+
+
+def _growth_figures(proj: Project, n: int) -> dict[str, float]:
+    client = proj.open_client()
+    run = statistics.median(timed_run(proj, []) for _ in range(n))
+    status = statistics.median(proj.checked("status") for _ in range(n))
+    results = []
+    for _ in range(n):
+        tid = client.run(["echo", "hi"])
+        client.result(tid, timeout=30, peek=True)
+        ms, _proc = proj.weft("result", tid[-10:])
+        results.append(ms)
+    return {"run": run, "status": status, "result": statistics.median(results)}
+
+
+def bench_growth(proj: Project, rows: dict[str, Row], tasks: int, n: int) -> None:
+    proj.checked("run", "echo", "hi", expect="hi\n")  # project and manager: not timed
+    empty = _growth_figures(proj, n)
+    started = time.perf_counter()
+    _seed_finished_tasks(proj, tasks)
+    seeded_s = time.perf_counter() - started
+    proj.checked("status")  # the first reader after the seeding refreshes the snapshot
+    full = _growth_figures(proj, n)
+    for key in ("run", "status", "result"):
+        row = rows[f"growth_{key}"]
+        row.value = round(full[key] / empty[key], 2)
+        row.status = "ok"
+        row.extra.update(
+            empty_ms=round(empty[key], 1), with_tasks_ms=round(full[key], 1), tasks=tasks
+        )
+    rows["growth_run"].extra["seed_seconds"] = round(seeded_s, 1)
 
 
 def bench_cold(proj: Project, row: Row, n: int) -> None:
@@ -945,6 +1005,14 @@ def run(
             fresh = Project(base, "b", env, cli)
             projects.append(fresh)
             _step(rows, ["cold_run"], lambda: bench_cold(fresh, rows["cold_run"], sizes.cold_runs))
+            leftovers[fresh.name] = fresh.stop_everything()
+            growing = Project(base, "c", env, cli)
+            projects.append(growing)
+            _step(
+                rows,
+                ["growth_run", "growth_status", "growth_result"],
+                lambda: bench_growth(growing, rows, sizes.growth_tasks, sizes.status_runs),
+            )
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping everything the benchmark started")
