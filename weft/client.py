@@ -484,9 +484,8 @@ class WeftClient:
             for message_id, event in events.read_events(self.broker)
             if event.get("tid") in doomed
         ]
-        log_queue = self.broker.queue(queues.TASKS_LOG)
         for start in range(0, len(event_ids), 500):
-            log_queue.delete_many(event_ids[start : start + 500])
+            self.broker.delete_many(queues.TASKS_LOG, event_ids[start : start + 500])
         for tid in doomed:
             for suffix in queues.TASK_QUEUE_SUFFIXES:
                 name = queues.task_queue(tid, suffix)

@@ -13,6 +13,7 @@ import psutil  # noqa: F401  (runner.signal_tree)
 import simplebroker
 from simplebroker import _backend_plugins
 
+import weft.backends
 import weft.monitor  # noqa: F401  (every task's resource monitor)
 
 with contextlib.suppress(Exception):
