@@ -298,8 +298,8 @@ def test_task_process_sigkill_mid_work(weft: Weft, project: Path, policy: str) -
     killed_at = time.time_ns()
     os.kill(started["task_pid"], signal.SIGKILL)
     failed = wait_for(lambda: _event(project, tid, "work_failed"), 5, "the failure to be logged")
-    assert failed["timestamp"] - killed_at < 2e9
-    assert failed["error"] == "task process killed by SIGKILL"
+    assert failed["timestamp"] - killed_at < 2e9, failed
+    assert failed["error"] == "task process killed by SIGKILL", failed
     wait_for(lambda: _gone(started["target_pid"]), 5, "the orphaned target to be ended")
 
     began = time.monotonic()
@@ -309,11 +309,11 @@ def test_task_process_sigkill_mid_work(weft: Weft, project: Path, policy: str) -
     data = json.loads(r.stdout)
     names = [e["event"] for e in log_events(project, tid)]
     if policy == "keep":
-        assert r.returncode == 1 and data["status"] == "failed"
+        assert r.returncode == 1 and data["status"] == "failed", (data, names)
         assert "SIGKILL" in data["error"]
         (kept,) = queue_bodies(project, f"T{tid}.reserved")  # kept for inspection
         assert json.loads(kept)["spec"]["process_target"] == ["sh", "-c", script]
-        assert names == ["task_initialized", "work_started", "work_failed"]
+        assert names == ["task_initialized", "work_started", "work_failed"], names
     else:
         assert r.returncode == 0 and data["output"] == "second\n"
         assert failed["requeued"] is True
