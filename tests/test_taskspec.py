@@ -54,7 +54,7 @@ def test_the_seed_example_parses() -> None:
     ts = parse_taskspec(SEED_EXAMPLE)
     assert ts.name == "process-data"
     assert ts.spec.type == "command"
-    assert ts.spec.process_target == ["python", "process.py"]
+    assert ts.spec.process_target == ("python", "process.py")
     assert ts.spec.timeout == 300
     assert ts.spec.limits.memory_mb == 512
     assert ts.spec.limits.cpu_percent == 75
@@ -104,13 +104,15 @@ def test_spec_and_io_cannot_be_changed() -> None:
     assert ts.spec.timeout == 300
 
 
-@pytest.mark.xfail(
-    strict=True, reason="nested lists/dicts of spec and io are still mutable in place"
-)
 def test_spec_containers_cannot_be_changed_in_place() -> None:
     ts = parse_taskspec(SEED_EXAMPLE)
-    with pytest.raises((TypeError, AttributeError, ValidationError)):
-        ts.spec.env["LOG_LEVEL"] = "info"
+    with pytest.raises(TypeError):
+        ts.spec.env["LOG_LEVEL"] = "info"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        ts.io.outputs["results"] = "!!bad name"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        ts.spec.process_target.append("--more")  # type: ignore[union-attr]
+    assert TaskSpec.model_validate_json(ts.model_dump_json()) == ts
 
 
 def test_state_and_metadata_can_change() -> None:

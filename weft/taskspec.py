@@ -7,9 +7,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from weft.errors import UsageError
 
@@ -17,6 +28,20 @@ FUNCTION_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DOTTED_TARGET = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 ReservedPolicy = Literal["keep", "requeue", "clear"]
+
+
+def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+# ``spec`` and ``io`` are frozen all the way down: their mappings are read-only views and
+# their sequences tuples, so neither assignment nor in-place change can alter a created task.
+FrozenStrMap = Annotated[
+    Mapping[str, str], AfterValidator(_read_only), PlainSerializer(dict, return_type=dict[str, str])
+]
+FrozenAnyMap = Annotated[
+    Mapping[str, Any], AfterValidator(_read_only), PlainSerializer(dict, return_type=dict[str, Any])
+]
 
 
 class Limits(BaseModel):
@@ -39,13 +64,13 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["command", "function"] = "command"
-    process_target: list[str] | None = None
+    process_target: tuple[str, ...] | None = None
     function_target: str | None = None
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    args: tuple[Any, ...] = ()
+    kwargs: FrozenAnyMap = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0, description="Seconds; null for none")
     limits: Limits = Field(default_factory=Limits)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: FrozenStrMap = Field(default_factory=dict)
     cwd: str | None = None
     stream_output: bool = False
     interactive: bool = False
@@ -93,8 +118,8 @@ def _check_queue_names(value: dict[str, str]) -> dict[str, str]:
 class IO(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    inputs: dict[str, str] = Field(default_factory=dict)
-    outputs: dict[str, str] = Field(default_factory=dict)
+    inputs: FrozenStrMap = Field(default_factory=dict)
+    outputs: FrozenStrMap = Field(default_factory=dict)
 
     _inputs_ok = field_validator("inputs")(_check_queue_names)
     _outputs_ok = field_validator("outputs")(_check_queue_names)
