@@ -357,22 +357,40 @@ class WeftClient:
         from weft.state import current_records
 
         records = current_records(self.broker)
+        self._add_pending(records)
+        return records
+
+    def _add_pending(
+        self, records: dict[str, events.TaskRecord], counts: dict[str, int] | None = None
+    ) -> None:
+        """Requests not started yet join ``records`` (and ``counts``) as pending tasks."""
         for tid, spec in self._pending_requests().items():
             if tid not in records:
                 records[tid] = events.fold(
                     [events.make_event("pending", tid, events.PENDING, taskspec=spec)]
                 )[tid]
-        return records
+                if counts is not None:
+                    counts[events.PENDING] = counts.get(events.PENDING, 0) + 1
 
     def managers(self) -> list[registry.ManagerEntry]:
         return registry.live_entries(self.broker)
 
     def status(self, *, include_finished: bool = False) -> dict[str, Any]:
-        """Managers, task counts by status, and the tasks themselves (active ones by default)."""
-        records = self.tasks()
-        counts: dict[str, int] = {}
-        for record in records.values():
-            counts[record.status] = counts.get(record.status, 0) + 1
+        """Managers, task counts by status, and the tasks themselves (active ones by default).
+
+        Without finished tasks this reads no finished task's record, so its cost does not
+        grow with the number of tasks ever run (see ``weft.state``).
+        """
+        if include_finished:
+            records = self.tasks()
+            counts: dict[str, int] = {}
+            for record in records.values():
+                counts[record.status] = counts.get(record.status, 0) + 1
+        else:
+            from weft.state import summary
+
+            counts, records = summary(self.broker)
+            self._add_pending(records, counts)
         shown = [
             r.to_dict()
             for r in sorted(records.values(), key=lambda r: r.tid)
@@ -380,7 +398,7 @@ class WeftClient:
         ]
         return {
             "managers": [m.to_dict() for m in self.managers()],
-            "total": len(records),
+            "total": sum(counts.values()),
             "counts": counts,
             "tasks": shown,
         }

@@ -9,6 +9,7 @@ TASKS_LOG = "weft.tasks.log"
 SPAWN_REQUESTS = "weft.spawn.requests"
 WORKERS_REGISTRY = "weft.workers.registry"
 STATE_SNAPSHOT = "weft.state.snapshot"
+STATE_ARCHIVE = "weft.state.archive"
 
 INBOX = "inbox"
 RESERVED = "reserved"
