@@ -318,6 +318,8 @@ class Activity:
         that is likely to land soon)."""
         self._wake_fd = wake_fd
         self._fast_until = time.monotonic() + fast_for
+        # Woken by a signal, a waiter can afford to look at the database less often.
+        self._max_interval = self.MAX_INTERVAL if wake_fd is None else self.MAX_INTERVAL * 4
         self._broker = broker
         self._names = list(names)
         self._stop = threading.Event()
@@ -364,7 +366,7 @@ class Activity:
             remaining = deadline - now
             if remaining <= 0 or self._stop.is_set():
                 return False
-            ceiling = self.FAST_INTERVAL if now < self._fast_until else self.MAX_INTERVAL
+            ceiling = self.FAST_INTERVAL if now < self._fast_until else self._max_interval
             pause = min(self._interval, ceiling, remaining)
             if self._wake_fd is not None:
                 ready, _, _ = select.select([self._wake_fd], [], [], pause)
@@ -374,7 +376,7 @@ class Activity:
                     return True
             else:
                 self._stop.wait(pause)
-            self._interval = min(self._interval * 2, self.MAX_INTERVAL)
+            self._interval = min(self._interval * 2, self._max_interval)
 
     def poke(self) -> None:
         """Make the next wait return at once (used on shutdown)."""
