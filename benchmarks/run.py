@@ -138,6 +138,7 @@ def make_rows() -> dict[str, Row]:
         Row("manager_idle_cpu", "idle manager CPU", "% core", 1),
         Row("mcp_round_trip", "MCP run_task + get_result (echo)", "ms", 100),
         Row("queue_throughput", "queue write + read (API), slower side", "msg/s", 2000, ">="),
+        Row("monitor_cpu", "resource monitor CPU per limited `sleep` task", "ms"),
         # Informational: how the figures above move once the task log holds ~1000 tasks.
         Row("status_large", "`weft status` after the throughput rows", "ms"),
         Row("cold_run_large", "cold `weft run echo hi` after the throughput rows", "ms"),
@@ -584,6 +585,28 @@ def bench_task_memory(proj: Project, row: Row, seconds: int) -> None:
     client.result(tid, timeout=seconds + 30)
 
 
+def bench_monitor(proj: Project, row: Row, seconds: int) -> None:
+    """The resource monitor's own CPU for one task, as the task records it in its metrics:
+    a `sleep` with a memory limit (polled every WEFT_MONITOR_INTERVAL) and one without."""
+    client = proj.open_client()
+    limited = client.result(client.run(["sleep", str(seconds)], memory=500), timeout=seconds + 30)
+    plain = client.result(client.run(["sleep", str(seconds)]), timeout=seconds + 30)
+    cost = limited.get("metrics", {}).get("monitor_cpu_seconds")
+    if cost is None:
+        row.status = "error"
+        row.note = "the task's metrics carry no monitor_cpu_seconds"
+        return
+    row.value = round(1000 * cost, 2)
+    row.status = "ok"
+    row.extra.update(
+        seconds=seconds,
+        polls=limited["metrics"].get("monitor_polls"),
+        share_of_core_pct=round(100 * cost / seconds, 3),
+        without_limits_ms=round(1000 * plain.get("metrics", {}).get("monitor_cpu_seconds", 0), 2),
+        without_limits_polls=plain.get("metrics", {}).get("monitor_polls"),
+    )
+
+
 def _wait_idle_manager(proj: Project, timeout: float = 15) -> psutil.Process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -990,6 +1013,11 @@ def run(
                 rows,
                 ["task_uss"],
                 lambda: bench_task_memory(main, rows["task_uss"], sizes.sleep_seconds),
+            )
+            _step(
+                rows,
+                ["monitor_cpu"],
+                lambda: bench_monitor(main, rows["monitor_cpu"], sizes.sleep_seconds),
             )
             _step(
                 rows,

@@ -418,3 +418,26 @@ def test_loaded_copy_starts_its_own_manager(weft: Weft, project: Path, tmp_path:
         assert len(_manager_pids(project)) == 1  # the original's manager is untouched
     finally:
         weft("manager", "stop", cwd=copy)
+
+
+def test_status_watch_redraws_until_ctrl_c(weft: Weft, project: Path) -> None:
+    weft("run", "true")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weft", "status", "--watch"],
+        cwd=project,
+        env=weft.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        frames = 0
+        while frames < 2:  # two redraws: it keeps going on its own
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            frames += line.count("Tasks: 1 total (1 completed)")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0 and "Traceback" not in err
