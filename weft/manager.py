@@ -240,7 +240,9 @@ class Manager:
                 os._exit(99)
             tid = str(claimed.id)
             proc = self.mp.Process(
-                target=_run_task, args=(str(self.ctx.root), tid, claims), name=f"weft-task-{tid}"
+                target=_run_task,
+                args=(str(self.ctx.root), tid, claims, _runs_one_function(claimed.body)),
+                name=f"weft-task-{tid}",
             )
             proc.start()
             self.children[tid] = proc
@@ -402,11 +404,20 @@ class Manager:
         launch_templates(self.ctx, self.broker, self.known_records)
 
 
-def _run_task(root: str, tid: str, claims: str) -> None:
+def _run_task(root: str, tid: str, claims: str, prefork: bool = False) -> None:
     """Runs in the forked task process (the fork server has ``weft.task`` preloaded)."""
     from weft.task import task_main
 
-    task_main(root, tid, claims)
+    task_main(root, tid, claims, prefork=prefork)
+
+
+def _runs_one_function(body: str) -> bool:
+    """Whether a request is a one-shot function task (its process can be forked early)."""
+    try:
+        data = json.loads(body)
+        return data["spec"].get("type") == "function" and not (data.get("io") or {}).get("inputs")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def settle_lost_task(broker: Broker, tid: str, reason: str, *, host: str | None = None) -> None:

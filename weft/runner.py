@@ -255,6 +255,88 @@ def start_function(spec: Spec, *, env: dict[str, str], sink: ChunkSink | None) -
     return target
 
 
+class FunctionZygote:
+    """A process forked before the task process opens the broker, to become its function.
+
+    A function's process must not inherit SQLite state (a function that uses Weft would hang
+    on locks inherited across the fork). Forking it from the task process means closing and
+    reopening the task's connection around the fork, and copying a process that has touched
+    far more memory; forking it early, while the task process holds no connection, costs
+    neither. The zygote waits for the spec on a pipe, then runs it exactly like
+    ``start_function``'s child. It serves one launch; ``cancel`` lets it go unused.
+    """
+
+    def __init__(self) -> None:
+        self._pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
+        self._request_r, self._request_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the zygote: never returns
+            os.close(self._request_w)
+            self._wait_and_run()
+        os.close(self._request_r)
+        for _, write_end in self._pipes:
+            os.close(write_end)
+        self.used = False
+
+    def _wait_and_run(self) -> None:
+        code = 0
+        try:
+            for read_end, _ in self._pipes:
+                os.close(read_end)
+            chunks = []
+            while chunk := os.read(self._request_r, READ_SIZE):
+                chunks.append(chunk)
+            if not chunks:
+                code = 0  # cancelled
+            else:
+                request = json.loads(b"".join(chunks))
+                if request.get("title"):
+                    with contextlib.suppress(Exception):
+                        import setproctitle
+
+                        setproctitle.setproctitle(request["title"])
+                spec = Spec.model_validate(request["spec"])
+                (_, out_w), (_, err_w), (_, res_w) = self._pipes
+                _run_function_child(spec, request["env"], out_w, err_w, res_w, ())
+        except BaseException:
+            code = 1
+        os._exit(code)
+
+    def launch(
+        self, spec: Spec, *, env: dict[str, str], sink: ChunkSink | None, title: str = ""
+    ) -> Target:
+        """Hand the spec over; the zygote becomes the target (a child of this process)."""
+        self.used = True
+        request = json.dumps(
+            {"spec": spec.model_dump(mode="json"), "env": env, "title": title}
+        ).encode()
+        view = memoryview(request)
+        while view:
+            view = view[os.write(self._request_w, view) :]
+        os.close(self._request_w)
+        target = Target(pid=self.pid)
+        (out_r, _), (err_r, _), (res_r, _) = self._pipes
+        target.readers = [
+            _Reader(out_r, "stdout", sink),
+            _Reader(err_r, "stderr", sink),
+            _Reader(res_r, "result", None),
+        ]
+        for reader in target.readers:
+            reader.start()
+        return target
+
+    def cancel(self) -> None:
+        """Let an unused zygote exit, and reap it."""
+        if self.used:
+            return
+        self.used = True
+        for fd in (self._request_w, *(read_end for read_end, _ in self._pipes)):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
 def _run_function_child(
     spec: Spec, env: dict[str, str], out_w: int, err_w: int, res_w: int, parent_fds: tuple[int, ...]
 ) -> None:

@@ -55,6 +55,7 @@ class TaskProcess:
         self.host = registry.host_name()  # WEFT_HOST, the same name its manager uses
         self.stop_requested: str | None = None  # "STOP" or "KILL"
         self.streamed = False
+        self.zygote: runner.FunctionZygote | None = None
 
     # -- logging ---------------------------------------------------------------------
 
@@ -124,11 +125,15 @@ class TaskProcess:
                 fn_spec = spec.spec
                 if item is not None:
                     fn_spec = fn_spec.model_copy(update={"args": [item, *fn_spec.args]})
-                # SQLite state must not cross a fork: a function that opens the broker in
-                # the child would hang on the parent's inherited locks. Close every handle
-                # first; ours reopen on next use.
-                self.broker.close()
-                self.target = runner.start_function(fn_spec, env=env, sink=sink)
+                if self.zygote is not None and not self.zygote.used and item is None:
+                    title = f"weft-{self.ctx.name}-{short(self.tid)}:{spec.name}:function"
+                    self.target = self.zygote.launch(fn_spec, env=env, sink=sink, title=title)
+                else:
+                    # SQLite state must not cross a fork: a function that opens the broker
+                    # in the child would hang on the parent's inherited locks. Close every
+                    # handle first; ours reopen on next use.
+                    self.broker.close()
+                    self.target = runner.start_function(fn_spec, env=env, sink=sink)
         except FileNotFoundError:
             if spec.spec.cwd and not os.path.isdir(spec.spec.cwd):
                 missing = f"working directory not found: {spec.spec.cwd}"
@@ -494,14 +499,22 @@ def _parse_command(body: str) -> str:
     return str(data.get("command", "")).upper() if isinstance(data, dict) else ""
 
 
-def task_main(root: str, tid: str, claim_queue: str) -> None:
-    """Entry point in the forked task process."""
+def task_main(root: str, tid: str, claim_queue: str, *, prefork: bool = False) -> None:
+    """Entry point in the forked task process.
+
+    ``prefork``: the request is a one-shot function, so its process is forked now, before
+    this process opens the broker (see ``runner.FunctionZygote``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    zygote = runner.FunctionZygote() if prefork else None
     ctx = load_context(root, create=False)
     set_title(ctx, tid, "task", "starting")
     task = TaskProcess(ctx, tid, claim_queue)
+    task.zygote = zygote
     try:
         task.run()
     finally:
+        if zygote is not None:
+            zygote.cancel()
         task.broker.close()
