@@ -244,6 +244,13 @@ def start_function(spec: Spec, *, env: dict[str, str], sink: ChunkSink | None) -
         _run_function_child(spec, env, out_w, err_w, res_w, (out_r, err_r, res_r))
     for fd in (out_w, err_w, res_w):
         os.close(fd)
+    return _function_target(pid, out_r, err_r, res_r, sink)
+
+
+def _function_target(
+    pid: int, out_r: int, err_r: int, res_r: int, sink: ChunkSink | None
+) -> Target:
+    """A running function's Target: its output pipes and its result pipe, being read."""
     target = Target(pid=pid)
     target.readers = [
         _Reader(out_r, "stdout", sink),
@@ -314,16 +321,8 @@ class FunctionZygote:
         while view:
             view = view[os.write(self._request_w, view) :]
         os.close(self._request_w)
-        target = Target(pid=self.pid)
         (out_r, _), (err_r, _), (res_r, _) = self._pipes
-        target.readers = [
-            _Reader(out_r, "stdout", sink),
-            _Reader(err_r, "stderr", sink),
-            _Reader(res_r, "result", None),
-        ]
-        for reader in target.readers:
-            reader.start()
-        return target
+        return _function_target(self.pid, out_r, err_r, res_r, sink)
 
     def cancel(self) -> None:
         """Let an unused zygote exit, and reap it."""
