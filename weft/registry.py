@@ -95,8 +95,8 @@ class ManagerEntry:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def body(self) -> str:
-        data: dict[str, Any] = {
+    def _fields(self) -> dict[str, Any]:
+        return {
             "manager_id": self.manager_id,
             "pid": self.pid,
             "host": self.host,
@@ -106,7 +106,9 @@ class ManagerEntry:
             "context": self.context,
             "heartbeat_seconds": self.heartbeat_seconds,
         }
-        return json.dumps(data)
+
+    def body(self) -> str:
+        return json.dumps(self._fields())
 
     @property
     def stale_after(self) -> float:
@@ -120,13 +122,7 @@ class ManagerEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "manager_id": self.manager_id,
-            "pid": self.pid,
-            "host": self.host,
-            "started": self.started,
-            "heartbeat": self.heartbeat,
-            "idle_timeout": self.idle_timeout,
-            "context": self.context,
+            **self._fields(),
             "heartbeat_age": round(max(0, time.time_ns() - self.heartbeat) / 1e9, 3),
             "alive": self.is_alive(),
         }

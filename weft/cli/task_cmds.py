@@ -211,7 +211,7 @@ def _run(
     cleanup: bool,
     no_autostart: bool,
 ) -> int:
-    from weft.spec_options import PreparedSpec, prepare, spec_data
+    from weft.spec_options import PreparedSpec, pairs, prepare, spec_data
 
     spec: Any
     if spec_file is not None:
@@ -259,7 +259,7 @@ def _run(
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         args = [_json_or_text(a) for a in arg or []]
-        kwargs = {k: _json_or_text(v) for k, v in _split_pairs(kw, "--kw").items()}
+        kwargs = {k: _json_or_text(v) for k, v in pairs(kw, "--kw").items()}
         if not command and not function:
             raise UsageError("nothing to run: give a command, --function or --spec")
         if command and command[0].startswith("-") and command[0] != "-":
@@ -342,16 +342,6 @@ def _json_or_text(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
-
-
-def _split_pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {item!r} must look like KEY=VALUE")
-        out[key] = value
-    return out
 
 
 @common.handle_errors
