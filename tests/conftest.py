@@ -49,6 +49,19 @@ class Weft:
             timeout=timeout,
         )
 
+    def start(self, *python_args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        """``python *python_args`` in the background with this runner's environment, its
+        output piped (e.g. ``start("-m", "weft", "status", "--watch")``)."""
+        return subprocess.Popen(
+            [sys.executable, *python_args],
+            cwd=cwd or self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:

@@ -357,17 +357,7 @@ def test_queue_fed_task_killed_mid_item_requeues_the_item(weft: Weft, project: P
 @pytest.mark.timeout(300)
 def test_800_tasks_from_8_concurrent_clients(weft: Weft, project: Path) -> None:
     began = time.monotonic()
-    clients = [
-        subprocess.Popen(
-            [sys.executable, "-c", SUBMIT_MANY, "100"],
-            cwd=project,
-            env=weft.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(8)
-    ]
+    clients = [weft.start("-c", SUBMIT_MANY, "100", cwd=project) for _ in range(8)]
     tids: list[str] = []
     try:
         for proc in clients:
@@ -397,17 +387,7 @@ def test_800_tasks_from_8_concurrent_clients(weft: Weft, project: Path) -> None:
 
 def test_four_processes_share_one_queue(weft: Weft, project: Path) -> None:
     count = 500
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", QUEUE_WORKER, str(n), str(count)],
-            cwd=project,
-            env=weft.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
+    workers = [weft.start("-c", QUEUE_WORKER, str(n), str(count), cwd=project) for n in range(4)]
     got: list[str] = []
     try:
         wait_for(lambda: all((project / f"ready-{n}").exists() for n in range(4)), 30, "ready")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -307,17 +306,7 @@ def test_crashing_targets_are_failures_and_manager_carries_on(weft: Weft, projec
 
 def test_one_manager_for_ten_concurrent_runs(weft: Weft, workdir: Path) -> None:
     assert weft("init").returncode == 0
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "weft", "run", "echo", str(i)],
-            cwd=workdir,
-            env=weft.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(10)
-    ]
+    procs = [weft.start("-m", "weft", "run", "echo", str(i), cwd=workdir) for i in range(10)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert sorted(o for o, _ in outs) == sorted(f"{i}\n" for i in range(10))
     assert all(p.returncode == 0 for p in procs)
@@ -422,14 +411,7 @@ def test_loaded_copy_starts_its_own_manager(weft: Weft, project: Path, tmp_path:
 
 def test_status_watch_redraws_until_ctrl_c(weft: Weft, project: Path) -> None:
     weft("run", "true")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "weft", "status", "--watch"],
-        cwd=project,
-        env=weft.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = weft.start("-m", "weft", "status", "--watch", cwd=project)
     assert proc.stdout is not None
     try:
         frames = 0

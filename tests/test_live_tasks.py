@@ -91,14 +91,7 @@ def test_kill_is_immediate_and_stop_is_graceful(weft: Weft, project: Path) -> No
 
 def test_stream_output_arrives_while_running(weft: Weft, project: Path) -> None:
     script = "for i in 1 2 3; do date +%s.%N; sleep 1; done"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "weft", "run", "--stream-output", "sh", "-c", script],
-        cwd=project,
-        env=weft.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = weft.start("-m", "weft", "run", "--stream-output", "sh", "-c", script, cwd=project)
     assert proc.stdout is not None
     lags = []
     for _ in range(3):

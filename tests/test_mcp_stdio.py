@@ -11,13 +11,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from tests.conftest import Weft
+from tests.test_mcp import ok
 
 pytestmark = pytest.mark.anyio
 
@@ -34,13 +35,6 @@ async def stdio_session(
     params = StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=cwd)
     async with Client(stdio_client(params, errlog=errlog)) as mcp:
         yield mcp
-
-
-async def ok(mcp: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await mcp.call_tool(tool, args)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_python_m_weft_mcp_over_stdio(weft: Weft, project: Path, tmp_path: Path) -> None:

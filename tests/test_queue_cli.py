@@ -6,7 +6,6 @@ import json
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -188,15 +187,7 @@ class _Lines:
 
 
 def _start_watch(weft: Weft, project: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "weft", "queue", "watch", *args],
-        cwd=project,
-        env=weft.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return weft.start("-m", "weft", "queue", "watch", *args, cwd=project)
 
 
 def _interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
