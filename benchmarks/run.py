@@ -906,9 +906,17 @@ def render_table(rows: dict[str, Row]) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
+_ONLY: set[str] = set()  # row keys chosen with --only; empty means every row
+
+
 def _step(rows: dict[str, Row], keys: list[str], func: Callable[[], None]) -> None:
     """Run one measurement; a failure marks its rows as errors and the run goes on."""
     label = ", ".join(keys)
+    if _ONLY and not _ONLY.intersection(keys):
+        for key in keys:
+            rows[key].status = "skipped"
+            rows[key].note = "not chosen with --only"
+        return
     log(f"measuring {label}")
     for key in keys:  # other work on a shared machine moves timings: keep the context
         rows[key].extra["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
@@ -1106,7 +1114,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the shell's PYTHONDONTWRITEBYTECODE (default: a private bytecode cache)",
     )
+    parser.add_argument(
+        "--only",
+        metavar="ROW[,ROW...]",
+        default="",
+        help="measure just these rows (keys as in the JSON, e.g. throughput_command)",
+    )
     args = parser.parse_args(argv)
+    chosen = {key for key in args.only.split(",") if key}
+    unknown = chosen - set(make_rows())
+    if unknown:
+        parser.error(f"unknown row(s) {sorted(unknown)}; rows: {', '.join(make_rows())}")
+    _ONLY.update(chosen)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     report = run(
         mode, args.json_out.resolve(), keep=args.keep, bytecode_cache=not args.no_bytecode_cache

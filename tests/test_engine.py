@@ -315,6 +315,29 @@ def test_one_manager_for_ten_concurrent_runs(weft: Weft, workdir: Path) -> None:
     assert len(status["managers"]) == 1
 
 
+# Submits 30 tasks at once to a project with no manager, then counts the managers this
+# client started (its children), then waits for every result.
+BURST = """
+import json, psutil
+from weft.client import WeftClient
+with WeftClient.open(".") as c:
+    tids = [c.submit({"spec": {"type": "command", "process_target": ["true"]}})
+            for _ in range(30)]
+    started = len(psutil.Process().children())
+    done = [c.result(t, timeout=60)["status"] for t in tids]
+print(json.dumps({"started": started, "done": done}))
+"""
+
+
+def test_a_burst_of_submits_starts_one_manager(weft: Weft, project: Path) -> None:
+    proc = weft.start("-c", BURST, cwd=project)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["started"] == 1
+    assert report["done"] == ["completed"] * 30
+
+
 def test_manager_idle_exit_and_no_reuse(weft: Weft, project: Path) -> None:
     env = {"WEFT_MANAGER_LIFETIME_TIMEOUT": "1"}
     assert weft("run", "echo", "a", env=env).returncode == 0

@@ -23,6 +23,8 @@ from weft.spec_options import PreparedSpec
 from weft.tid import is_full, short
 
 if TYPE_CHECKING:
+    import subprocess
+
     from weft.queue_api import QueueAPI
     from weft.taskspec import TaskSpec
 
@@ -31,6 +33,9 @@ SPILLED = (("output_ref", "output"), ("stdout_ref", "stdout"), ("stderr_ref", "s
 EVENT_HEADROOM = 16 * 1024  # bytes an event adds to the spec it carries (status, error...)
 FAST_WAIT_SECONDS = 2.0  # most results land this soon: poll briskly that long, then ease off
 MANAGER_CHECK_SECONDS = 2.0  # while a task is pending, how often to make sure a manager runs
+# A manager this client started may take this long to register (a cold machine compiling
+# its bytecode) before the client starts another.
+MANAGER_START_GRACE_SECONDS = 30.0
 
 
 class WeftClient:
@@ -40,6 +45,7 @@ class WeftClient:
         self.ctx = ctx
         self.broker = Broker(ctx)
         self._fresh: set[str] = set()  # TIDs this client submitted: no history to look up
+        self._manager_starting: tuple[subprocess.Popen[bytes], float] | None = None
 
     @classmethod
     def open(cls, context: str | Path | None = None, *, create: bool = True) -> WeftClient:
@@ -166,15 +172,24 @@ class WeftClient:
             import os
             import signal
 
+            self._manager_starting = None
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(alive.pid, signal.SIGUSR1)
             return None
+        if self._manager_starting is not None:
+            # Without this a burst of submits before the first manager registers would
+            # start a manager for each of them (all but one then lose the lock race).
+            proc, started = self._manager_starting
+            if proc.poll() is None and time.monotonic() - started < MANAGER_START_GRACE_SECONDS:
+                return None
         from weft.context import Settings
         from weft.manager import spawn_manager
 
         Settings.from_env()  # a bad setting is the caller's one-line error, not a crash loop
 
-        return spawn_manager(self.ctx, env=env)
+        proc = spawn_manager(self.ctx, env=env)
+        self._manager_starting = (proc, time.monotonic())
+        return proc.pid
 
     # -- TIDs --------------------------------------------------------------------------
 

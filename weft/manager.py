@@ -502,7 +502,7 @@ def _end_orphaned_target(broker: Broker, tid: str) -> None:
             continue
 
 
-def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> int:
+def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a manager detached in its own session; its output goes to ``.weft/logs/``."""
     ctx.logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = ctx.logs_dir / LOG_FILE
@@ -518,7 +518,7 @@ def spawn_manager(ctx: WeftContext, env: dict[str, str] | None = None) -> int:
             cwd=str(ctx.root),
             env={**os.environ, **ctx.to_env(), **(env or {})},
         )
-    return proc.pid
+    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
