@@ -463,14 +463,16 @@ def bench_cold(proj: Project, row: Row, n: int) -> None:
 
 
 def weft_cpu_seconds(proj: Project) -> float:
-    """CPU used so far by this process, the project's managers, their fork servers and every
-    task process they reaped (the fork server is the parent of task processes)."""
+    """CPU used so far by this process, the project's managers and every process below them:
+    the fork server, live task processes (kept warm between tasks) and their helpers, and,
+    through each parent's reaped-children times, every process that has exited."""
     total = sum(os.times()[:2])
     for manager in proj.managers():
         with contextlib.suppress(psutil.Error):
-            for proc in (manager, *manager.children()):
-                t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
+            for proc in (manager, *manager.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -513,7 +515,7 @@ def bench_throughput(
         submit_ms_each=round((submitted - start) * 1000 / n, 2),
         running_tasks_sampled_peak=peak,
         cpu_ms_per_task=round(1000 * cpu_used / max(done, 1), 1),
-        note_cpu="client + manager + fork server + reaped task processes (and their children)",
+        note_cpu="client + manager + every process below it, live or reaped",
     )
     if done < n:
         row.note = row.note or f"only {done}/{n} finished"

@@ -68,6 +68,19 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a whole number") from None
+    if value < 0:
+        raise UsageError(f"{name}={raw!r} must not be negative")
+    return value
+
+
 def _env_retention() -> float | None:
     raw = os.environ.get("WEFT_RETENTION", "").strip()
     if not raw or raw.lower() in ("off", "none", "never"):
@@ -86,6 +99,8 @@ class Settings:
     manager_reuse: bool = True
     autostart: bool = True
     retention: float | None = None  # finished tasks older than this are pruned by the manager
+    warm_task_processes: int = 8  # idle task processes kept for the next tasks (task_pool)
+    warm_task_idle: float = 5.0  # seconds an idle task process waits before it is retired
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -94,6 +109,8 @@ class Settings:
             manager_reuse=_env_bool("WEFT_MANAGER_REUSE_ENABLED", True),
             autostart=_env_bool("WEFT_AUTOSTART_TASKS", True),
             retention=_env_retention(),
+            warm_task_processes=_env_count("WEFT_WARM_TASK_PROCESSES", 8),
+            warm_task_idle=_env_float("WEFT_WARM_TASK_IDLE_SECONDS", 5.0),
         )
 
 

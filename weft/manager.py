@@ -1,4 +1,4 @@
-"""The manager: claims spawn requests and starts one isolated task process for each.
+"""The manager: claims spawn requests and gives each to an isolated task process.
 
 Life cycle, as states you can read off ``ps`` (``weft-{ctx}-{id}:manager:{state}``):
 starting -> recovering -> idle/busy -> stopping. One manager per project per host, held by a
@@ -6,7 +6,8 @@ file lock; it registers in ``weft.workers.registry`` and exits after its idle ti
 
 Task processes come from a multiprocessing fork server started before the manager opens any
 broker connection, with Weft's task module preloaded: a fork costs milliseconds and the
-child inherits nothing of the manager (no connections, no threads, no handles).
+child inherits nothing of the manager (no connections, no threads, no handles). A task
+process that finished its task waits for the next one (``weft.task_pool``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from weft import events, queues, registry, results
 from weft.broker import Activity, Broker
 from weft.context import Settings, WeftContext, load_context
+from weft.task_pool import Assignment, TaskPool
 
 log = logging.getLogger("weft.manager")
 
@@ -55,7 +57,7 @@ class Manager:
         self.host = registry.host_name()
         self.broker: Broker | None = None
         self.mp: ForkServerContext | None = None
-        self.children: dict[str, BaseProcess] = {}
+        self.pool: TaskPool | None = None  # task processes by the task they run
         self.adopted: dict[str, int] = {}  # tasks of a previous manager still running: tid -> pid
         self.entry: registry.ManagerEntry | None = None
         self.stopping = False
@@ -102,6 +104,13 @@ class Manager:
 
         forkserver.ensure_running()
         self.mp = mp
+        self.pool = TaskPool(
+            mp,
+            _run_task,
+            str(self.ctx.root),
+            warm=self.settings.warm_task_processes,
+            idle_seconds=self.settings.warm_task_idle,
+        )
 
     def register(self) -> None:
         assert self.broker is not None
@@ -225,7 +234,7 @@ class Manager:
     # -- the loop ----------------------------------------------------------------------
 
     def claim_and_launch(self) -> int:
-        assert self.broker is not None and self.entry is not None and self.mp is not None
+        assert self.broker is not None and self.entry is not None and self.pool is not None
         launched = 0
         claims = queues.spawn_claims(self.entry.manager_id)
         while not self.stopping:
@@ -238,14 +247,9 @@ class Manager:
                 break
             if os.environ.get(FAULT_ENV) == "crash_after_claim":
                 os._exit(99)
-            tid = str(claimed.id)
-            proc = self.mp.Process(
-                target=_run_task,
-                args=(str(self.ctx.root), tid, claims, _runs_one_function(claimed.body)),
-                name=f"weft-task-{tid}",
-            )
-            proc.start()
-            self.children[tid] = proc
+            if not self.pool.idle:
+                self.reap()  # a task process that just finished costs less than a new one
+            self.pool.launch(Assignment(str(claimed.id), claims, _runs_functions(claimed.body)))
             launched += 1
             if time.monotonic() - self.last_beat >= registry.HEARTBEAT_SECONDS:
                 self.heartbeat()  # a long burst of launches must not look like a lost host
@@ -255,23 +259,19 @@ class Manager:
         return launched
 
     def reap(self) -> None:
-        assert self.broker is not None
-        for tid, proc in list(self.children.items()):
-            code = proc.exitcode
-            if code is None:
-                continue
-            del self.children[tid]
-            proc.close()
+        assert self.broker is not None and self.pool is not None
+        for ended in self.pool.collect():
+            tid, code = ended.tid, ended.exitcode
             self.last_activity = time.monotonic()
-            if code != 0:
+            if code:
                 from weft.runner import describe_exit
 
                 settle_lost_task(self.broker, tid, f"task process {describe_exit(code)}")
             elif self.entry is not None and self.broker.peek_one(
                 queues.spawn_claims(self.entry.manager_id), message_id=int(tid)
             ):
-                # It exited cleanly yet never took its request: it must not wait forever.
-                settle_lost_task(self.broker, tid, "task process exited before taking its work")
+                # It finished cleanly yet never took its request: it must not wait forever.
+                settle_lost_task(self.broker, tid, "task process ended before taking its work")
         for tid, pid in list(self.adopted.items()):
             if registry.pid_is_weft(pid):
                 continue
@@ -293,7 +293,7 @@ class Manager:
         log.info("retention: %s", summary)
 
     def busy(self) -> bool:
-        return bool(self.children or self.adopted)
+        return bool((self.pool and self.pool.running) or self.adopted)
 
     def should_exit(self) -> bool:
         if self.busy():
@@ -351,6 +351,9 @@ class Manager:
                     timeout = min(timeout, REAP_INTERVAL)
                 elif self.settings.manager_reuse:
                     timeout = min(timeout, self.settings.idle_timeout - (now - self.last_activity))
+                retire_in = self.pool.until_next_retirement() if self.pool else None
+                if retire_in is not None:
+                    timeout = min(timeout, retire_in)
                 waiter.wait(max(0.0, timeout))
         finally:
             waiter.close()
@@ -377,18 +380,20 @@ class Manager:
         if self.entry is not None:
             _set_title(self.ctx, self.entry.manager_id, "stopping")
         assert self.broker is not None
-        deadline = time.monotonic() + STOP_GRACE
-        while self.children and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(REAP_INTERVAL)
-        for tid in self.children:
-            self.broker.write(queues.ctrl_in(tid), json.dumps({"command": "STOP"}))
-        deadline = time.monotonic() + 5
-        while self.children and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(REAP_INTERVAL)
-        for proc in self.children.values():
-            proc.kill()
+        pool = self.pool
+        if pool is not None:
+            deadline = time.monotonic() + STOP_GRACE
+            while pool.running and time.monotonic() < deadline:
+                self.reap()
+                time.sleep(REAP_INTERVAL)
+            for tid in pool.running:
+                self.broker.write(queues.ctrl_in(tid), json.dumps({"command": "STOP"}))
+            deadline = time.monotonic() + 5
+            while pool.running and time.monotonic() < deadline:
+                self.reap()
+                time.sleep(REAP_INTERVAL)
+            pool.kill_running()
+            pool.close()
         if self.entry is not None:
             self.deregister()
             self.broker.move_all(queues.spawn_claims(self.entry.manager_id), queues.SPAWN_REQUESTS)
@@ -404,18 +409,17 @@ class Manager:
         launch_templates(self.ctx, self.broker, self.known_records)
 
 
-def _run_task(root: str, tid: str, claims: str, prefork: bool = False) -> None:
+def _run_task(root: str, tid: str, claims: str, functions: bool, conn: Connection | None) -> None:
     """Runs in the forked task process (the fork server has ``weft.task`` preloaded)."""
     from weft.task import task_main
 
-    task_main(root, tid, claims, prefork=prefork)
+    task_main(root, tid, claims, functions=functions, conn=conn)
 
 
-def _runs_one_function(body: str) -> bool:
-    """Whether a request is a one-shot function task (its process can be forked early)."""
+def _runs_functions(body: str) -> bool:
+    """Whether a request runs a Python function (its task process needs a forker)."""
     try:
-        data = json.loads(body)
-        return data["spec"].get("type") == "function" and not (data.get("io") or {}).get("inputs")
+        return bool(json.loads(body)["spec"].get("type") == "function")
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
 

@@ -1,8 +1,10 @@
 """Executing a target: a command (exec) or a Python function (fork), as its own session.
 
-The target always runs in a child of the task process, as the leader of a new session, so
-that the task process can watch, pause, time out and end its whole process tree, and a
-crash of the target never takes the task process with it.
+The target always runs in a process of its own, as the leader of a new session, so that the
+task process can watch, pause, time out and end its whole process tree, and a crash of the
+target never takes the task process with it. A command is the task process's child; a
+function is forked by the task process's ``FunctionForker`` (or, if that helper is gone, by
+the task process itself).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import os
 import select
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import traceback
@@ -235,23 +239,45 @@ def _feed(target: Target, data: bytes) -> None:
     threading.Thread(target=feed, daemon=True, name="weft-stdin").start()
 
 
-def start_function(spec: Spec, *, env: dict[str, str], sink: ChunkSink | None) -> Target:
+@dataclass(frozen=True)
+class FunctionCall:
+    """What a function's process needs, as plain data (it crosses a pipe as JSON)."""
+
+    target: str  # module:function
+    args: list[Any]
+    kwargs: dict[str, Any]
+    env: dict[str, str]  # the task's variables, then the spec's
+    cwd: str | None = None
+
+    @classmethod
+    def of(cls, spec: Spec, env: dict[str, str]) -> FunctionCall:
+        return cls(
+            str(spec.function_target),
+            list(spec.args),
+            dict(spec.kwargs),
+            {**env, **spec.env},
+            spec.cwd,
+        )
+
+
+def start_function(call: FunctionCall, *, sink: ChunkSink | None) -> Target:
+    """Fork this process to run ``call``. The caller must hold no broker connection: SQLite
+    state must not cross a fork (a function that uses Weft would hang on inherited locks)."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
-        _run_function_child(spec, env, out_w, err_w, res_w, (out_r, err_r, res_r))
+        _run_function_child(call, out_w, err_w, res_w, (out_r, err_r, res_r))
     for fd in (out_w, err_w, res_w):
         os.close(fd)
-    return _function_target(pid, out_r, err_r, res_r, sink)
+    return _function_target(Target(pid=pid), out_r, err_r, res_r, sink)
 
 
 def _function_target(
-    pid: int, out_r: int, err_r: int, res_r: int, sink: ChunkSink | None
+    target: Target, out_r: int, err_r: int, res_r: int, sink: ChunkSink | None
 ) -> Target:
     """A running function's Target: its output pipes and its result pipe, being read."""
-    target = Target(pid=pid)
     target.readers = [
         _Reader(out_r, "stdout", sink),
         _Reader(err_r, "stderr", sink),
@@ -262,82 +288,154 @@ def _function_target(
     return target
 
 
-class FunctionZygote:
-    """A process forked before the task process opens the broker, to become its function.
+_HEADER = struct.Struct("!I")  # a request's length
+_PID = struct.Struct("!q")
+_STATUS = struct.Struct("!i")  # a raw wait status, as os.waitpid gives it
 
-    A function's process must not inherit SQLite state (a function that uses Weft would hang
-    on locks inherited across the fork). Forking it from the task process means closing and
-    reopening the task's connection around the fork, and copying a process that has touched
-    far more memory; forking it early, while the task process holds no connection, costs
-    neither. The zygote waits for the spec on a pipe, then runs it exactly like
-    ``start_function``'s child. It serves one launch; ``cancel`` lets it go unused.
+
+class FunctionForker:
+    """A small process that forks function targets for its task process.
+
+    A function runs in a fresh fork, and that fork must not come from a process that holds a
+    broker connection (SQLite state must not cross a fork). The task process could close its
+    connection around every fork, but a fork also makes every page of its memory
+    copy-on-write: its next milliseconds of work are spent copying pages back. So the task
+    process forks this helper once, before it opens the broker, and asks it for each
+    function: the helper stays small and clean, and the task process never forks again.
+
+    Protocol on a socket pair: the task process sends a request (length, then JSON) with the
+    write ends of the function's stdout, stderr and result pipes attached; the helper forks,
+    answers with the child's PID and, when the child has exited, its wait status. One
+    function at a time. End-of-file on the socket ends the helper.
     """
 
-    def __init__(self) -> None:
-        self._pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
-        self._request_r, self._request_w = os.pipe()
+    def __init__(self, title: str = "") -> None:
+        ours, theirs = socket.socketpair()
         self.pid = os.fork()
-        if self.pid == 0:  # the zygote: never returns
-            os.close(self._request_w)
-            self._wait_and_run()
-        os.close(self._request_r)
-        for _, write_end in self._pipes:
-            os.close(write_end)
-        self.used = False
+        if self.pid == 0:  # the helper: never returns
+            ours.close()
+            self._serve(theirs, title)
+        theirs.close()
+        self.sock = ours
 
-    def _wait_and_run(self) -> None:
+    # -- the task process's side ------------------------------------------------------
+
+    def launch(self, call: FunctionCall, *, sink: ChunkSink | None, title: str = "") -> Target:
+        """Start ``call`` in a fresh fork of the helper; OSError if the helper is gone."""
+        body = json.dumps(
+            {
+                "call": {
+                    "target": call.target,
+                    "args": call.args,
+                    "kwargs": call.kwargs,
+                    "env": call.env,
+                    "cwd": call.cwd,
+                },
+                "title": title,
+            }
+        ).encode()
+        pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
+        try:
+            socket.send_fds(self.sock, [_HEADER.pack(len(body))], [w for _, w in pipes])
+            self.sock.sendall(body)
+            pid = _PID.unpack(_recv_exactly(self.sock, _PID.size))[0]
+        except BaseException:
+            for r, _ in pipes:
+                os.close(r)
+            raise
+        finally:
+            for _, w in pipes:
+                os.close(w)
+        target = _ForkedTarget(pid=pid, status_sock=self.sock)
+        (out_r, _), (err_r, _), (res_r, _) = pipes
+        return _function_target(target, out_r, err_r, res_r, sink)
+
+    def close(self) -> None:
+        """End the helper (once its current function, if any, has exited) and reap it."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    # -- the helper's side ------------------------------------------------------------
+
+    @staticmethod
+    def _serve(sock: socket.socket, title: str) -> None:
         code = 0
         try:
-            for read_end, _ in self._pipes:
-                os.close(read_end)
-            chunks = []
-            while chunk := os.read(self._request_r, READ_SIZE):
-                chunks.append(chunk)
-            if not chunks:
-                code = 0  # cancelled
-            else:
-                request = json.loads(b"".join(chunks))
-                if request.get("title"):
-                    with contextlib.suppress(Exception):
-                        import setproctitle
+            if title:
+                with contextlib.suppress(Exception):
+                    import setproctitle
 
-                        setproctitle.setproctitle(request["title"])
-                spec = Spec.model_validate(request["spec"])
-                (_, out_w), (_, err_w), (_, res_w) = self._pipes
-                _run_function_child(spec, request["env"], out_w, err_w, res_w, ())
+                    setproctitle.setproctitle(title)
+            while True:
+                try:
+                    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, 3)
+                except OSError:
+                    break
+                if not header:
+                    break  # the task process is done with us
+                header += _recv_exactly(sock, _HEADER.size - len(header))
+                request = json.loads(_recv_exactly(sock, _HEADER.unpack(header)[0]))
+                out_w, err_w, res_w = fds
+                pid = os.fork()
+                if pid == 0:
+                    sock.close()
+                    if request.get("title"):
+                        with contextlib.suppress(Exception):
+                            import setproctitle
+
+                            setproctitle.setproctitle(request["title"])
+                    call = FunctionCall(**request["call"])
+                    _run_function_child(call, out_w, err_w, res_w, ())
+                for fd in fds:
+                    os.close(fd)
+                sock.sendall(_PID.pack(pid))
+                _, status = os.waitpid(pid, 0)
+                sock.sendall(_STATUS.pack(status))
         except BaseException:
             code = 1
         os._exit(code)
 
-    def launch(
-        self, spec: Spec, *, env: dict[str, str], sink: ChunkSink | None, title: str = ""
-    ) -> Target:
-        """Hand the spec over; the zygote becomes the target (a child of this process)."""
-        self.used = True
-        request = json.dumps(
-            {"spec": spec.model_dump(mode="json"), "env": env, "title": title}
-        ).encode()
-        view = memoryview(request)
-        while view:
-            view = view[os.write(self._request_w, view) :]
-        os.close(self._request_w)
-        (out_r, _), (err_r, _), (res_r, _) = self._pipes
-        return _function_target(self.pid, out_r, err_r, res_r, sink)
 
-    def cancel(self) -> None:
-        """Let an unused zygote exit, and reap it."""
-        if self.used:
-            return
-        self.used = True
-        for fd in (self._request_w, *(read_end for read_end, _ in self._pipes)):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = sock.recv(min(size, READ_SIZE))
+        if not chunk:
+            raise EOFError("the function helper went away")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class _ForkedTarget(Target):
+    """A function started by a ``FunctionForker``: not our child, so its exit status comes
+    from the helper (which reaps it) rather than from waitpid."""
+
+    status_sock: socket.socket | None = None
+
+    def wait(self, timeout: float) -> int | None:
+        if self._status is not None:
+            return self._status
+        assert self.status_sock is not None
+        ready, _, _ = select.select([self.status_sock], [], [], max(0.0, timeout))
+        if not ready:
+            return None
+        try:
+            status = _STATUS.unpack(_recv_exactly(self.status_sock, _STATUS.size))[0]
+            self._status = os.waitstatus_to_exitcode(status)
+        except (EOFError, OSError):  # the helper died: the function's fate is unknown
+            self._status = -signal.SIGKILL
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return self._status
 
 
 def _run_function_child(
-    spec: Spec, env: dict[str, str], out_w: int, err_w: int, res_w: int, parent_fds: tuple[int, ...]
+    call: FunctionCall, out_w: int, err_w: int, res_w: int, parent_fds: tuple[int, ...]
 ) -> None:
     code = 0
     try:
@@ -348,15 +446,16 @@ def _run_function_child(
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
+        if res_w < 3:  # keep it clear of the standard descriptors
+            res_w = os.dup(res_w)
         # Keep nothing of the task process: no broker connection, no other descriptor.
         os.closerange(3, res_w)
         os.closerange(res_w + 1, 65536)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.environ.update(env)
-        os.environ.update(spec.env)
-        if spec.cwd:
-            os.chdir(spec.cwd)
+        os.environ.update(call.env)
+        if call.cwd:
+            os.chdir(call.cwd)
         import sys
 
         sys.stdin = open(0, closefd=False)  # noqa: SIM115
@@ -370,12 +469,12 @@ def _run_function_child(
         report: dict[str, Any] = {}
         func: Callable[..., Any] | None = None
         try:
-            func = load_function(str(spec.function_target))
+            func = load_function(call.target)
         except Exception as exc:  # the message names the module or function; no traceback
             report, code = {"error": str(exc)}, 1
         try:
             if func is not None:
-                value = func(*spec.args, **spec.kwargs)
+                value = func(*call.args, **call.kwargs)
                 try:
                     report = {"value": json.loads(json.dumps(value))}
                 except (TypeError, ValueError):

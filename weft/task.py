@@ -1,17 +1,20 @@
 """The task process: reserve -> run -> complete, answering control messages as it goes.
 
-One task process per task, forked from the manager's clean fork server, so it inherits no
-manager state. It is the supervisor of its target (see ``runner``): it logs each state
+One task at a time per task process, forked from the manager's clean fork server, so it
+inherits no manager state, and kept for the next task while the manager wants it (see
+``weft.task_pool``). It is the supervisor of its target (see ``runner``): it logs each state
 change, enforces the timeout, answers STOP/KILL/PAUSE/RESUME/STATUS/PING, and writes the
 result to its outbox.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from weft import events, queues, registry, results, runner
@@ -43,11 +46,13 @@ def _decode(data: bytes) -> str:
 class TaskProcess:
     """Runs one task from its claimed spawn request to its final event."""
 
-    def __init__(self, ctx: WeftContext, tid: str, claim_queue: str) -> None:
+    def __init__(
+        self, ctx: WeftContext, tid: str, claim_queue: str, broker: Broker | None = None
+    ) -> None:
         self.ctx = ctx
         self.tid = tid
         self.claim_queue = claim_queue
-        self.broker = Broker(ctx)
+        self.broker = broker if broker is not None else Broker(ctx)
         self.spec: TaskSpec | None = None
         self.spec_dump: dict[str, Any] | None = None
         self.status = events.RUNNING
@@ -55,7 +60,7 @@ class TaskProcess:
         self.host = registry.host_name()  # WEFT_HOST, the same name its manager uses
         self.stop_requested: str | None = None  # "STOP" or "KILL"
         self.streamed = False
-        self.zygote: runner.FunctionZygote | None = None
+        self.forker: runner.FunctionForker | None = None  # forks function targets
 
     # -- logging ---------------------------------------------------------------------
 
@@ -122,18 +127,10 @@ class TaskProcess:
                     stdin_data=None if item is None else item.encode(),
                 )
             else:
-                fn_spec = spec.spec
+                call = runner.FunctionCall.of(spec.spec, env)
                 if item is not None:
-                    fn_spec = fn_spec.model_copy(update={"args": [item, *fn_spec.args]})
-                if self.zygote is not None and not self.zygote.used and item is None:
-                    title = f"weft-{self.ctx.name}-{short(self.tid)}:{spec.name}:function"
-                    self.target = self.zygote.launch(fn_spec, env=env, sink=sink, title=title)
-                else:
-                    # SQLite state must not cross a fork: a function that opens the broker
-                    # in the child would hang on the parent's inherited locks. Close every
-                    # handle first; ours reopen on next use.
-                    self.broker.close()
-                    self.target = runner.start_function(fn_spec, env=env, sink=sink)
+                    call = dataclasses.replace(call, args=[item, *call.args])
+                self.target = self._start_function(call, sink, spec.name)
         except FileNotFoundError:
             if spec.spec.cwd and not os.path.isdir(spec.spec.cwd):
                 missing = f"working directory not found: {spec.spec.cwd}"
@@ -196,6 +193,22 @@ class TaskProcess:
             error = None
         status = events.COMPLETED if rc == 0 and error is None else events.FAILED
         return status, rc, outcome.stdout, outcome.stderr, error, outcome.value
+
+    def _start_function(
+        self, call: runner.FunctionCall, sink: runner.ChunkSink | None, name: str
+    ) -> runner.Target:
+        if self.forker is not None:
+            title = f"weft-{self.ctx.name}-{short(self.tid)}:{name}:function"
+            try:
+                return self.forker.launch(call, sink=sink, title=title)
+            except (OSError, EOFError):  # the helper died: fork from here, as below
+                self.forker.close()
+                self.forker = None
+        # SQLite state must not cross a fork: a function that opens the broker in the child
+        # would hang on the parent's inherited locks. Close every handle first; ours reopen
+        # on next use.
+        self.broker.close()
+        return runner.start_function(call, sink=sink)
 
     def _end_tree(self, target: runner.Target) -> None:
         """SIGTERM the target's tree, SIGKILL it after a grace period."""
@@ -499,22 +512,45 @@ def _parse_command(body: str) -> str:
     return str(data.get("command", "")).upper() if isinstance(data, dict) else ""
 
 
-def task_main(root: str, tid: str, claim_queue: str, *, prefork: bool = False) -> None:
+def task_main(
+    root: str,
+    tid: str,
+    claim_queue: str,
+    *,
+    functions: bool = False,
+    conn: Connection | None = None,
+) -> None:
     """Entry point in the forked task process.
 
-    ``prefork``: the request is a one-shot function, so its process is forked now, before
-    this process opens the broker (see ``runner.FunctionZygote``).
+    ``functions``: the task runs a Python function, so this process starts a
+    ``runner.FunctionForker`` (before it opens the broker, if it has not yet). ``conn``: the
+    manager's pipe, when this process is kept warm between tasks (see ``weft.task_pool``):
+    after each task it says so there and waits for the next, until the manager closes it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    zygote = runner.FunctionZygote() if prefork else None
     ctx = load_context(root, create=False)
-    set_title(ctx, tid, "task", "starting")
-    task = TaskProcess(ctx, tid, claim_queue)
-    task.zygote = zygote
+    broker = Broker(ctx)
+    forker: runner.FunctionForker | None = None
     try:
-        task.run()
+        while True:
+            if functions and forker is None:
+                broker.close()  # no SQLite state may cross the fork; the next use reopens
+                forker = runner.FunctionForker(f"weft-{ctx.name}-{short(tid)}:task:functions")
+            set_title(ctx, tid, "task", "starting")
+            task = TaskProcess(ctx, tid, claim_queue, broker=broker)
+            task.forker = forker
+            task.run()
+            forker = task.forker  # None if it died
+            if conn is None:
+                return
+            try:
+                conn.send(tid)
+                set_title(ctx, tid, "task", "idle")
+                tid, claim_queue, functions = conn.recv()
+            except (EOFError, OSError):  # the manager retired us, or is gone
+                return
     finally:
-        if zygote is not None:
-            zygote.cancel()
-        task.broker.close()
+        broker.close()
+        if forker is not None:
+            forker.close()
