@@ -338,6 +338,25 @@ def test_a_burst_of_submits_starts_one_manager(weft: Weft, project: Path) -> Non
     assert report["done"] == ["completed"] * 30
 
 
+# A long-lived client (the MCP server) waits for result after result: it must not keep a
+# queue handle per task. Prints how many handles its broker holds after 20 tasks.
+MANY_RESULTS = """
+import json
+from weft.client import WeftClient
+with WeftClient.open(".") as c:
+    for i in range(20):
+        c.result(c.run(["echo", str(i)]), timeout=60)
+    print(json.dumps(len(c.broker._queues)))
+"""
+
+
+def test_a_client_keeps_no_handle_per_task(weft: Weft, project: Path) -> None:
+    proc = weft.start("-c", MANY_RESULTS, cwd=project)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert json.loads(out) <= 2
+
+
 def test_manager_idle_exit_and_no_reuse(weft: Weft, project: Path) -> None:
     env = {"WEFT_MANAGER_LIFETIME_TIMEOUT": "1"}
     assert weft("run", "echo", "a", env=env).returncode == 0

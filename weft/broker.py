@@ -179,14 +179,16 @@ class Broker:
             )
         return [Message(int(ts), body) for body, ts in got]
 
-    def peek_all(self, name: str, *, after: int | None = None) -> Iterator[Message]:
-        """Every message, in batches (the queue's own handle: the caller may stop early)."""
-        gen = self.queue(name).peek_generator(with_timestamps=True, after_timestamp=after)
-        try:
-            for body, ts in gen:
-                yield Message(int(ts), body)
-        finally:
-            gen.close()
+    def peek_all(
+        self, name: str, *, after: int | None = None, batch: int = 1000
+    ) -> Iterator[Message]:
+        """Every message, fetched in batches as the caller goes (it may stop early)."""
+        while True:
+            messages = self.peek_many(name, batch, after=after)
+            yield from messages
+            if len(messages) < batch:
+                return
+            after = messages[-1].id
 
     def move_one(self, source: str, dest: str, *, message_id: int | None = None) -> Message | None:
         with self._op(source, dest) as conn:
@@ -324,7 +326,12 @@ class Activity:
         self._names = list(names)
         self._stop = threading.Event()
         self._native: ActivityWaiter | None = None
-        self._probe = broker.queue(self._names[0])
+        from weft.queues import TASKS_LOG
+
+        # data_version belongs to the connection, which every handle of this process shares:
+        # probe through the handle that always exists rather than build one per waited name
+        # (a millisecond of CPU each, and a handle cached for good in a long-lived client).
+        self._probe = broker.queue(TASKS_LOG)
         if broker.ctx.backend != "sqlite":
             from simplebroker import create_activity_waiter_for_queues
 
