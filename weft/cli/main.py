@@ -6,10 +6,14 @@ command functions, so ``weft --help`` and queue commands stay fast.
 
 from __future__ import annotations
 
-import typer
+from weft.lazy_imports import defer_rarely_used_imports
 
-from weft import __version__
-from weft.cli import common
+defer_rarely_used_imports()
+
+import typer  # noqa: E402
+
+from weft import __version__  # noqa: E402
+from weft.cli import common  # noqa: E402
 
 app = typer.Typer(
     name="weft",
