@@ -36,6 +36,8 @@ log = logging.getLogger("weft.manager")
 LOCK_FILE = "manager.lock"
 LOG_FILE = "manager.log"
 REAP_INTERVAL = 0.1  # how often to look at task processes while some run
+BUSY_TASKS = 2 * (os.cpu_count() or 1)  # running tasks beyond which a launch waits briefly
+LAUNCH_PATIENCE = 0.005  # seconds that launch waits for a task process to come free
 STOP_GRACE = float(os.environ.get("WEFT_MANAGER_STOP_GRACE", "10"))
 PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 FAULT_ENV = "WEFT_TEST_FAULT"  # test-only fault injection; see docs/reliability.md
@@ -249,6 +251,11 @@ class Manager:
                 os._exit(99)
             if not self.pool.idle:
                 self.reap()  # a task process that just finished costs less than a new one
+            # With this many running, one is likely to finish within moments, and a new
+            # process would only compete with them for the CPU: give them a moment.
+            crowded = not self.pool.idle and len(self.pool.running) >= BUSY_TASKS
+            if crowded and self.pool.wait_for_news(LAUNCH_PATIENCE):
+                self.reap()
             self.pool.launch(Assignment(str(claimed.id), claims, _runs_functions(claimed.body)))
             launched += 1
             if time.monotonic() - self.last_beat >= registry.HEARTBEAT_SECONDS:

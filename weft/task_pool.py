@@ -106,6 +106,11 @@ class TaskPool:
             theirs.close()  # the task process has its own copy of this end
         self.running[job.tid] = Worker(proc, ours, job.tid)
 
+    def wait_for_news(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a running task process to report (or exit)."""
+        conns = [w.conn for w in self.running.values() if w.conn is not None]
+        return bool(conns) and bool(wait(conns, timeout=timeout))
+
     def collect(self) -> list[Ended]:
         """Tasks that ended since the last call, and processes that exited."""
         ended: list[Ended] = []
