@@ -220,9 +220,15 @@ class Broker:
         with self._op(name) as conn:
             return bool(conn.has_pending_messages(name))
 
-    def find_ids(self, name: str, contains: str, *, limit: int = 100) -> list[int]:
+    def find_ids(
+        self, name: str, contains: str, *, limit: int = 100, after: int | None = None
+    ) -> list[int]:
+        """IDs of messages whose body contains ``contains`` (a scan of the bodies: give
+        ``after`` so that only newer messages are read)."""
         with self._op(name) as conn:
-            found = conn.find_message_ids(name, body_contains=contains, limit=limit)
+            found = conn.find_message_ids(
+                name, body_contains=contains, limit=limit, after_timestamp=after
+            )
         return [int(i) for i in found]
 
     # -- whole database ------------------------------------------------------------------

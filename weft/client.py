@@ -214,7 +214,9 @@ class WeftClient:
         text = tids.check_partial(str(text))
         if is_full(text) and (text in self._fresh or self._exists(text)):
             return text
-        candidates = events.tids_matching(self.broker, text)
+        from weft.state import tids_ending_with
+
+        candidates = tids_ending_with(self.broker, text)
         candidates |= {t for t in self._pending_requests() if t.endswith(text)}
         if is_full(text) and self.broker.has_messages(queues.outbox(text)):
             candidates.add(text)
@@ -234,7 +236,7 @@ class WeftClient:
     def _exists(self, tid: str) -> bool:
         if self.broker.has_messages(queues.outbox(tid)):
             return True
-        if self.broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1):
+        if self.broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1, after=int(tid) - 1):
             return True
         return tid in self._pending_requests() or self._starting(tid) is not None
 

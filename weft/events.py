@@ -84,27 +84,16 @@ def read_events(
 
 
 def events_for(broker: Broker, tid: str) -> list[dict[str, Any]]:
-    """One task's events, found by an indexed body search instead of reading the whole log."""
-    ids = broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1000)
+    """One task's events, found by a body search of the log from the task's submission on
+    (its TID is the ID of its spawn request, so every event of it has a larger ID)."""
+    after = int(tid) - 1 if tid.isdigit() else None
+    ids = broker.find_ids(queues.TASKS_LOG, f'"tid":"{tid}"', limit=1000, after=after)
     out = []
     for message_id in sorted(ids):
         message = broker.peek_one(queues.TASKS_LOG, message_id=message_id)
         if message is not None:
             out.append(json.loads(message.body))
     return out
-
-
-def tids_matching(broker: Broker, suffix: str, *, limit: int = 50) -> set[str]:
-    """Full TIDs in the log that end with ``suffix``."""
-    ids = broker.find_ids(queues.TASKS_LOG, f'{suffix}","tid_short"', limit=min(1000, limit * 8))
-    found: set[str] = set()
-    for message_id in ids:
-        message = broker.peek_one(queues.TASKS_LOG, message_id=message_id)
-        if message is not None:
-            tid = json.loads(message.body).get("tid", "")
-            if tid.endswith(suffix):
-                found.add(tid)
-    return found
 
 
 @dataclass

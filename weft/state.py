@@ -145,6 +145,18 @@ def summary(broker: Broker) -> tuple[dict[str, int], dict[str, events.TaskRecord
     return counts, active
 
 
+def tids_ending_with(broker: Broker, suffix: str) -> set[str]:
+    """Every task the log knows whose TID ends with ``suffix``: from the snapshot and the
+    events after it, never a scan of the whole log."""
+    snap = _load_snapshot(broker)
+    found = {tid for tid in (*snap.final, *snap.active) if tid.endswith(suffix)}
+    for _, event in events.read_events(broker, after=snap.cursor):
+        tid = str(event.get("tid", ""))
+        if tid.endswith(suffix):
+            found.add(tid)
+    return found
+
+
 def write_snapshot(
     broker: Broker, cursor: int, records: dict[str, events.TaskRecord], old_ids: list[int]
 ) -> None:
