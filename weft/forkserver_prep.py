@@ -15,6 +15,7 @@ from simplebroker import _backend_plugins
 
 import weft.backends
 import weft.monitor  # noqa: F401  (every task's resource monitor)
+from weft.task import give_back_memory
 
 with contextlib.suppress(Exception):
     _backend_plugins.get_backend_plugin("sqlite")
@@ -22,3 +23,4 @@ with contextlib.suppress(Exception):
 
 gc.collect()
 gc.freeze()
+give_back_memory()  # and loads what it needs (ctypes) once, here

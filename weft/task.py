@@ -512,6 +512,28 @@ def _parse_command(body: str) -> str:
     return str(data.get("command", "")).upper() if isinstance(data, dict) else ""
 
 
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the system while idle (glibc's ``malloc_trim``).
+
+    A task's transient allocations (output, JSON, SQLite's work) leave the heap grown by
+    megabytes of freed memory that glibc keeps; a process kept warm for many tasks would
+    otherwise hold the largest of them for good.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def task_main(
     root: str,
     tid: str,
@@ -547,6 +569,7 @@ def task_main(
             try:
                 conn.send(tid)
                 set_title(ctx, tid, "task", "idle")
+                give_back_memory()
                 tid, claim_queue, functions = conn.recv()
             except (EOFError, OSError):  # the manager retired us, or is gone
                 return
