@@ -236,3 +236,23 @@ def test_empty_messages(weft: Weft, project: Path, intact: Check) -> None:
     r = weft("run", "--interactive", "cat", input="")  # a task given empty input
     assert (r.returncode, r.stdout) == (0, "")
     intact()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("WEFT_MANAGER_LIFETIME_TIMEOUT", "soon", "is not a number of seconds"),
+        ("WEFT_WARM_TASK_PROCESSES", "many", "is not a whole number"),
+        ("WEFT_WARM_TASK_PROCESSES", "-1", "must not be negative"),
+        ("WEFT_WARM_TASK_IDLE_SECONDS", "-5", "must not be negative"),
+        ("WEFT_AUTOSTART_TASKS", "maybe", "is not a boolean"),
+        ("WEFT_RETENTION", "forever-ish", "is not a duration"),
+    ],
+)
+def test_bad_setting_is_refused_before_anything_is_stored(
+    weft: Weft, project: Path, variable: str, value: str, says: str
+) -> None:
+    r = weft("run", "echo", "never", env={variable: value})
+    one_line_error(r, 2, variable, says)
+    assert queue_bodies(project, "weft.spawn.requests") == []
+    assert weft("run", "echo", "ok").stdout == "ok\n"

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from weft.errors import UsageError, WeftError
+
+N = TypeVar("N", int, float)
 
 if TYPE_CHECKING:
     from simplebroker import BrokerTarget, Config
@@ -55,30 +58,26 @@ def _env_bool(name: str, default: bool) -> bool:
     raise UsageError(f"{name}={raw!r} is not a boolean: use true or false")
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: N, parse: Callable[[str], N], what: str) -> N:
+    """A non-negative number from the environment; a bad one is a one-line UsageError."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
+        raise UsageError(f"{name}={raw!r} is not {what}") from None
     if value < 0:
         raise UsageError(f"{name}={raw!r} must not be negative")
     return value
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number of seconds")
 
 
 def _env_count(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a whole number") from None
-    if value < 0:
-        raise UsageError(f"{name}={raw!r} must not be negative")
-    return value
+    return _env_number(name, default, int, "a whole number")
 
 
 def _env_retention() -> float | None:
