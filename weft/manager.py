@@ -244,11 +244,8 @@ class Manager:
             # the database's write lock for nothing.
             if not self.broker.has_messages(queues.SPAWN_REQUESTS):
                 break
-            claimed = self.broker.move_one(queues.SPAWN_REQUESTS, claims)
-            if claimed is None:
-                break
-            if os.environ.get(FAULT_ENV) == "crash_after_claim":
-                os._exit(99)
+            # Reap before the claim, never between claim and launch: a task process that
+            # requeued this very request must not find it claimed and settle it as lost.
             if not self.pool.idle:
                 self.reap()  # a task process that just finished costs less than a new one
             # With this many running, one is likely to finish within moments, and a new
@@ -256,6 +253,11 @@ class Manager:
             crowded = not self.pool.idle and len(self.pool.running) >= BUSY_TASKS
             if crowded and self.pool.wait_for_news(LAUNCH_PATIENCE):
                 self.reap()
+            claimed = self.broker.move_one(queues.SPAWN_REQUESTS, claims)
+            if claimed is None:
+                break
+            if os.environ.get(FAULT_ENV) == "crash_after_claim":
+                os._exit(99)
             self.pool.launch(Assignment(str(claimed.id), claims, _runs_functions(claimed.body)))
             launched += 1
             if time.monotonic() - self.last_beat >= registry.HEARTBEAT_SECONDS:

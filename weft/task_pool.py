@@ -79,10 +79,16 @@ class TaskPool:
         self.idle_seconds = idle_seconds
         self.running: dict[str, Worker] = {}  # tid -> the process running it
         self.idle: list[Worker] = []  # most recently idle last: it is reused first
+        # Processes whose task was requeued and started again elsewhere before they reported
+        # it done: what they report is no longer news about that task.
+        self.superseded: list[Worker] = []
         # Pipe closed, waiting for them to exit; killed if they have not by the deadline.
         self.retiring: list[tuple[BaseProcess, float]] = []
 
     def launch(self, job: Assignment) -> None:
+        earlier = self.running.pop(job.tid, None)
+        if earlier is not None:
+            self.superseded.append(earlier)
         while self.idle:
             worker = self.idle.pop()
             assert worker.conn is not None
@@ -139,8 +145,26 @@ class TaskPool:
                 if worker.conn is not None:
                     worker.conn.close()
                 worker.process.close()
+        self._collect_superseded()
         self._retire_stale()
         return ended
+
+    def _collect_superseded(self) -> None:
+        for worker in list(self.superseded):
+            if worker.conn is not None and worker.conn.poll():
+                try:
+                    worker.conn.recv()
+                except (EOFError, OSError):
+                    pass
+                else:
+                    self.superseded.remove(worker)
+                    self._rest(worker)
+                    continue
+            if worker.process.exitcode is not None:
+                self.superseded.remove(worker)
+                if worker.conn is not None:
+                    worker.conn.close()
+                worker.process.close()
 
     def _rest(self, worker: Worker) -> None:
         worker.tid = None
@@ -180,7 +204,7 @@ class TaskPool:
                 proc.close()
 
     def kill_running(self) -> None:
-        for worker in self.running.values():
+        for worker in (*self.running.values(), *self.superseded):
             worker.process.kill()
 
     def close(self, wait_seconds: float = 2.0) -> None:
