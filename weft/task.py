@@ -10,12 +10,14 @@ result to its outbox.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from weft import events, queues, registry, results, runner
 from weft.broker import Broker
@@ -519,19 +521,19 @@ def give_back_memory() -> None:
     megabytes of freed memory that glibc keeps; a process kept warm for many tasks would
     otherwise hold the largest of them for good.
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_malloc_trim: Any = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return cast(Callable[[int], int], ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def task_main(

@@ -120,51 +120,40 @@ class TaskPool:
     def collect(self) -> list[Ended]:
         """Tasks that ended since the last call, and processes that exited."""
         ended: list[Ended] = []
-        busy = list(self.running.values())
-        conns = [w.conn for w in busy if w.conn is not None]
+        for _, tid, news in self._news(list(self.running.values())):
+            del self.running[tid]
+            ended.append(Ended(tid, news))
+        # A superseded process's task runs again elsewhere: what it says is not reported.
+        for worker, _, _ in self._news(self.superseded):
+            self.superseded.remove(worker)
+        self._retire_stale()
+        return ended
+
+    def _news(self, workers: list[Worker]) -> list[tuple[Worker, str, int | None]]:
+        """The workers that finished their task (None: each now rests) or exited (their exit
+        code: each now closed), with the task they were running, as ``Ended`` tells it."""
+        conns = [w.conn for w in workers if w.conn is not None]
         ready = set(wait(conns, timeout=0)) if conns else set()
-        for worker in busy:
-            assert worker.tid is not None
+        news: list[tuple[Worker, str, int | None]] = []
+        for worker in workers:
+            tid = worker.tid
+            assert tid is not None
             if worker.conn is not None and worker.conn in ready:
                 try:
                     worker.conn.recv()  # the TID it finished
                 except (EOFError, OSError):
-                    pass  # it exited: its exit code is read below
+                    worker.process.join(1.0)  # the pipe closed: it is exiting
                 else:
-                    ended.append(Ended(worker.tid, None))
-                    del self.running[worker.tid]
+                    news.append((worker, tid, None))
                     self._rest(worker)
                     continue
             code = worker.process.exitcode
-            if code is None and worker.conn in ready:
-                worker.process.join(1.0)  # the pipe closed: it is exiting
-                code = worker.process.exitcode
             if code is not None:
-                ended.append(Ended(worker.tid, code))
-                del self.running[worker.tid]
+                news.append((worker, tid, code))
                 if worker.conn is not None:
                     worker.conn.close()
                 worker.process.close()
-        self._collect_superseded()
-        self._retire_stale()
-        return ended
-
-    def _collect_superseded(self) -> None:
-        for worker in list(self.superseded):
-            if worker.conn is not None and worker.conn.poll():
-                try:
-                    worker.conn.recv()
-                except (EOFError, OSError):
-                    pass
-                else:
-                    self.superseded.remove(worker)
-                    self._rest(worker)
-                    continue
-            if worker.process.exitcode is not None:
-                self.superseded.remove(worker)
-                if worker.conn is not None:
-                    worker.conn.close()
-                worker.process.close()
+        return news
 
     def _rest(self, worker: Worker) -> None:
         worker.tid = None
