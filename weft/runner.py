@@ -363,11 +363,7 @@ class FunctionForker:
     def _serve(sock: socket.socket, title: str) -> None:
         code = 0
         try:
-            if title:
-                with contextlib.suppress(Exception):
-                    import setproctitle
-
-                    setproctitle.setproctitle(title)
+            _retitle(title)
             while True:
                 try:
                     header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, 3)
@@ -381,11 +377,7 @@ class FunctionForker:
                 pid = os.fork()
                 if pid == 0:
                     sock.close()
-                    if request.get("title"):
-                        with contextlib.suppress(Exception):
-                            import setproctitle
-
-                            setproctitle.setproctitle(request["title"])
+                    _retitle(request.get("title") or "")
                     call = FunctionCall(**request["call"])
                     _run_function_child(call, out_w, err_w, res_w, ())
                 for fd in fds:
@@ -396,6 +388,14 @@ class FunctionForker:
         except BaseException:
             code = 1
         os._exit(code)
+
+
+def _retitle(title: str) -> None:
+    if title:
+        with contextlib.suppress(Exception):
+            import setproctitle
+
+            setproctitle.setproctitle(title)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

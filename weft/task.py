@@ -32,11 +32,16 @@ STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL on STOP and timeout
 SPILL_BYTES = int(os.environ.get("WEFT_SPILL_BYTES", str(1024 * 1024)))
 
 
+def title(ctx: WeftContext, tid: str, name: str, status: str) -> str:
+    """A task's process title, as the seed names it: ``weft-{context}-{short_tid}:...``."""
+    return f"weft-{ctx.name}-{short(tid)}:{name}:{status}"
+
+
 def set_title(ctx: WeftContext, tid: str, name: str, status: str) -> None:
     try:
         import setproctitle
 
-        setproctitle.setproctitle(f"weft-{ctx.name}-{short(tid)}:{name}:{status}")
+        setproctitle.setproctitle(title(ctx, tid, name, status))
     except Exception:
         pass
 
@@ -200,9 +205,10 @@ class TaskProcess:
         self, call: runner.FunctionCall, sink: runner.ChunkSink | None, name: str
     ) -> runner.Target:
         if self.forker is not None:
-            title = f"weft-{self.ctx.name}-{short(self.tid)}:{name}:function"
             try:
-                return self.forker.launch(call, sink=sink, title=title)
+                return self.forker.launch(
+                    call, sink=sink, title=title(self.ctx, self.tid, name, "function")
+                )
             except (OSError, EOFError):  # the helper died: fork from here, as below
                 self.forker.close()
                 self.forker = None
@@ -560,7 +566,7 @@ def task_main(
         while True:
             if functions and forker is None:
                 broker.close()  # no SQLite state may cross the fork; the next use reopens
-                forker = runner.FunctionForker(f"weft-{ctx.name}-{short(tid)}:task:functions")
+                forker = runner.FunctionForker(title(ctx, tid, "task", "functions"))
             set_title(ctx, tid, "task", "starting")
             task = TaskProcess(ctx, tid, claim_queue, broker=broker)
             task.forker = forker
